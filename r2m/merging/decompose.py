@@ -1,0 +1,119 @@
+"""Cached decompositions shared by the SVD-based methods: per-tensor task Grams and matrix spectra.
+
+* :func:`tensor_grams` — G_l[i, j] = ⟨τ_i[l], τ_j[l]⟩ for every tensor l (float64), one pass over the
+  inputs; with a cache, each unordered pair of specialists is looked up by (base hash, the two task
+  hashes), and only the missing pairs are computed (adding one specialist to N cached ones: N + 1
+  pairs). Pairs are computed one by one so cached and fresh values agree bit for bit.
+* :func:`spectra` — small-side spectral factors (s, Q) of a stack of matrices, each looked up under
+  a caller-chosen entry key first. Q is rounded to the working dtype both when stored and when
+  freshly computed, so a merge from the cache equals a merge from scratch bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+from torch import Tensor
+
+from r2m.merging.cache import DecompositionCache
+from r2m.merging.linalg import BATCHED_EIGH, gram_eigh, pair_inner_products, small_side
+from r2m.merging.tasks import TaskSet
+
+__all__ = ["layout_signature", "set_signature", "tensor_grams", "spectra"]
+
+
+def _sha(*parts: object) -> str:
+    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:24]
+
+
+def layout_signature(ts: TaskSet) -> str:
+    """Hash of the tensor layout (keys in order, shapes)."""
+    return _sha(*[f"{k}:{ts.shapes[k]}" for k in ts.keys])
+
+
+def set_signature(ts: TaskSet, *extra: object, ordered: bool = False) -> str:
+    """Hash identifying the task set (base, task hashes sorted — or in order when ``ordered`` —,
+    layout, working dtype) plus ``extra`` configuration values."""
+    hashes = ts.task_hashes() if ordered else sorted(ts.task_hashes())
+    return _sha(ts.base_hash(), *hashes, layout_signature(ts), ts.dtype, *extra)
+
+
+def tensor_grams(ts: TaskSet, cache: DecompositionCache | None) -> Tensor:
+    """Per-tensor task Grams, shape (L, N, N), float64 on the device; L follows ``ts.keys``."""
+    n = ts.n
+    pairs = [(i, j) for i in range(n) for j in range(i, n)]
+    values: dict[tuple[int, int], Tensor] = {}
+    entry_of: dict[tuple[int, int], str] = {}
+    todo: list[tuple[int, int]] = []
+    if cache is not None:
+        base, hashes, layout = ts.base_hash(), ts.task_hashes(), layout_signature(ts)
+        seen: dict[str, tuple[int, int]] = {}
+        for i, j in pairs:
+            a, b = sorted((hashes[i], hashes[j]))
+            entry = f"gram|{base}|{layout}|{a}|{b}"
+            entry_of[(i, j)] = entry
+            if entry in seen:  # identical specialists share the pair entry
+                continue
+            seen[entry] = (i, j)
+            hit = cache.get("gram_pairs", entry)
+            if hit is None:
+                todo.append((i, j))
+            else:
+                values[(i, j)] = hit["ip"].to(ts.device)
+    else:
+        todo = pairs
+    if todo:
+        cols = []
+        for key in ts.keys_loop(desc="gram"):
+            cols.append(pair_inner_products(ts.task_vectors(key), todo))
+        per_pair = torch.stack(cols, dim=1)  # (len(todo), L)
+        for idx, pair in enumerate(todo):
+            values[pair] = per_pair[idx]
+            if cache is not None:
+                cache.put("gram_pairs", entry_of[pair], {"ip": per_pair[idx]})
+    if cache is not None:  # fill pairs that shared an entry
+        first = {}
+        for pair in pairs:
+            first.setdefault(entry_of[pair], pair)
+        for pair in pairs:
+            values.setdefault(pair, values[first[entry_of[pair]]])
+    g = torch.zeros(len(ts.keys), n, n, dtype=torch.float64, device=ts.device)
+    for (i, j), v in values.items():
+        g[:, i, j] = v
+        g[:, j, i] = v
+    return g
+
+
+def spectra(
+    ts: TaskSet, cache: DecompositionCache | None, xs: Tensor, entries: list[str] | None
+) -> tuple[list[Tensor], list[Tensor], str]:
+    """Spectral factors of each matrix in ``xs`` (B, m, n): lists of s (K,) float64 and
+    Q (K, K) in the working dtype, plus the side; ``entries[b]`` is the cache key of ``xs[b]``."""
+    b_count, m, n = xs.shape
+    side = small_side(m, n)
+    s_list: list[Tensor | None] = [None] * b_count
+    q_list: list[Tensor | None] = [None] * b_count
+    missing: list[int] = []
+    for b in range(b_count):
+        hit = cache.get("svd", entries[b]) if (cache is not None and entries is not None) else None
+        if hit is None:
+            missing.append(b)
+        else:
+            s_list[b] = hit["s"].to(ts.device)
+            q_list[b] = hit["q"].to(ts.device)
+    if missing:
+        if BATCHED_EIGH.get(xs.device.type, False) and len(missing) > 1:
+            s, q, _ = gram_eigh(xs[missing])
+            fresh = [(s[j], q[j].to(ts.dtype).contiguous()) for j in range(len(missing))]
+        else:  # one at a time: bounds the float64 temporaries to one matrix
+            fresh = []
+            for b in missing:
+                s, q, _ = gram_eigh(xs[b])
+                fresh.append((s, q.to(ts.dtype).contiguous()))
+        for (s, q), b in zip(fresh, missing):
+            s_list[b], q_list[b] = s, q
+            if cache is not None and entries is not None:
+                cache.put("svd", entries[b], {"s": s, "q": q})
+    return s_list, q_list, side  # type: ignore[return-value]

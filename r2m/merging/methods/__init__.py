@@ -1,0 +1,1 @@
+"""One module per merge method: a pure function holding the math plus its ``MethodSpec``."""

@@ -1,0 +1,111 @@
+"""Iso-C and Iso-CTS: isotropic merging in common and task-specific subspaces.
+
+Marczak et al., "No Task Left Behind: Isotropic Model Merging with Common and Task-Specific
+Subspaces", ICML 2025 (arXiv 2502.04959). Per matrix tensor l (every 2-D tensor), m×n, K = min(m, n),
+M = Σ_i τ_i[l]:
+
+* Iso-C: M = U Σ Vᵀ → Δ[l] = σ̄ U Vᵀ with σ̄ = (1/K) Σ_j σ_j (the spectrum flattened to its mean).
+* Iso-CTS (``common_fraction`` f = 0.8, the paper's default):
+  c0 = ⌊K f⌋, d = round((K − c0)/N) (Python's round: half to even), c = K − N d
+  (if that is negative: d = ⌊K/N⌋, c = K − N d).
+  Common subspace: the top-c triplets (U_c, Σ_c, V_c) of M. Task i: R_i = τ_i − U_c U_cᵀ τ_i (the
+  common *left* subspace removed), keep its top-d triplets (U_i, Σ_i, V_i).
+  Stack U = [U_c U_1 … U_N], V likewise (K columns each) and the K values; Δ[l] = σ̄ polar(U)
+  polar(V)ᵀ with σ̄ the mean of the K stacked values. d = 0 gives Iso-C for that tensor.
+
+Every other tensor takes Δ[l] = mean_i τ_i[l]. θ* = θ0 + α Δ, α = 1.0 (FusionBench config default;
+the paper picks α on validation data). No cache: each tensor needs one decomposition of M and,
+for Iso-CTS, one per task of R_i, all depending on the whole task set.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from r2m.merging.cache import DecompositionCache
+from r2m.merging.linalg import gram_eigh, polar_factor, top_triplets
+from r2m.merging.spec import MethodSpec, check_number
+from r2m.merging.tasks import TaskSet
+
+ISO_C_DEFAULTS = {"alpha": 1.0}  # α: FusionBench isotropic_merging config default
+ISO_CTS_DEFAULTS = {"common_fraction": 0.8, "alpha": 1.0}  # f = 0.8: paper/official code
+
+
+def iso_cts_ranks(k_dim: int, n_tasks: int, common_fraction: float) -> tuple[int, int]:
+    """``(c, d)``: common rank and per-task rank for a K-dimensional spectrum (module docstring)."""
+    c0 = int(k_dim * common_fraction)
+    d = round((k_dim - c0) / n_tasks)
+    c = k_dim - n_tasks * d
+    if c < 0:
+        d = k_dim // n_tasks
+        c = k_dim - n_tasks * d
+    return c, d
+
+
+def iso_c_merge(ts: TaskSet, *, alpha: float) -> dict[str, Tensor]:
+    """Iso-C (module docstring); returns θ*."""
+    out: dict[str, Tensor] = {}
+    for key in ts.keys_loop(desc="iso_c"):
+        taus = ts.task_vectors(key)
+        if not ts.is_matrix(key):
+            out[key] = ts.output(key, alpha * taus.mean(0))
+            continue
+        total = taus.to(torch.float64).sum(0)
+        s, q, _ = gram_eigh(total)
+        delta = s.mean() * polar_factor(total, s, q)
+        out[key] = ts.output(key, alpha * delta.to(ts.dtype))
+    return out
+
+
+def iso_cts_merge(ts: TaskSet, *, common_fraction: float, alpha: float) -> dict[str, Tensor]:
+    """Iso-CTS (module docstring); returns θ*."""
+    out: dict[str, Tensor] = {}
+    for key in ts.keys_loop(desc="iso_cts"):
+        taus = ts.task_vectors(key)
+        if not ts.is_matrix(key):
+            out[key] = ts.output(key, alpha * taus.mean(0))
+            continue
+        c, d = iso_cts_ranks(min(ts.shapes[key]), ts.n, common_fraction)
+        taus64 = taus.to(torch.float64)
+        total = taus64.sum(0)
+        s, q, side = gram_eigh(total)
+        u_c, s_c, v_c = top_triplets(total, s, q, c, side)
+        us, ss, vs = [u_c], [s_c], [v_c]
+        if d > 0:
+            for i in range(ts.n):
+                resid = taus64[i] - u_c @ (u_c.mT @ taus64[i])
+                s_i, q_i, side_i = gram_eigh(resid)
+                u_i, sv_i, v_i = top_triplets(resid, s_i, q_i, d, side_i)
+                us.append(u_i)
+                ss.append(sv_i)
+                vs.append(v_i)
+        u_all, s_all, v_all = torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 1)
+        # stacks of orthonormal singular vectors: well-conditioned, the working dtype suffices
+        u_orth, v_orth = polar_factor(u_all, dtype=ts.dtype), polar_factor(v_all, dtype=ts.dtype)
+        delta = s_all.mean().to(ts.dtype) * (u_orth @ v_orth.mT)
+        out[key] = ts.output(key, alpha * delta)
+    return out
+
+
+def _check_c(hp: dict) -> None:
+    check_number("iso_c", "alpha", hp["alpha"])
+
+
+def _check_cts(hp: dict) -> None:
+    check_number("iso_cts", "common_fraction", hp["common_fraction"], lo=0.0, hi=1.0)
+    check_number("iso_cts", "alpha", hp["alpha"])
+
+
+def _run_c(ts: TaskSet, cache: DecompositionCache | None, *, alpha: float) -> dict[str, Tensor]:
+    return iso_c_merge(ts, alpha=float(alpha))
+
+
+def _run_cts(
+    ts: TaskSet, cache: DecompositionCache | None, *, common_fraction: float, alpha: float
+) -> dict[str, Tensor]:
+    return iso_cts_merge(ts, common_fraction=float(common_fraction), alpha=float(alpha))
+
+
+SPEC_C = MethodSpec("iso_c", _run_c, ISO_C_DEFAULTS, _check_c, summary="isotropic spectrum of Σ τ")
+SPEC_CTS = MethodSpec("iso_cts", _run_cts, ISO_CTS_DEFAULTS, _check_cts, summary="common + task subspaces, isotropic")

@@ -1,0 +1,34 @@
+"""Task Arithmetic: θ* = θ0 + λ Σ_i τ_i.
+
+Ilharco et al., "Editing models with task arithmetic", ICLR 2023 (arXiv 2212.04089). Default
+λ = 0.3: the de-facto value for CLIP ViT merges (FusionBench ``task_arithmetic`` config, AdaMerging
+scripts); the paper itself picks λ on validation data.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from r2m.merging.cache import DecompositionCache
+from r2m.merging.spec import MethodSpec, check_number
+from r2m.merging.tasks import TaskSet
+
+DEFAULTS = {"lam": 0.3}  # λ, FusionBench/AdaMerging default for CLIP ViT
+
+
+def task_arithmetic_merge(ts: TaskSet, *, lam: float) -> dict[str, Tensor]:
+    """θ*[l] = θ0[l] + λ Σ_i τ_i[l]."""
+    return {
+        key: ts.output(key, lam * ts.task_vectors(key).sum(0)) for key in ts.keys_loop(desc="task_arithmetic")
+    }
+
+
+def _check(hp: dict) -> None:
+    check_number("task_arithmetic", "lam", hp["lam"])
+
+
+def _run(ts: TaskSet, cache: DecompositionCache | None, *, lam: float) -> dict[str, Tensor]:
+    return task_arithmetic_merge(ts, lam=float(lam))
+
+
+SPEC = MethodSpec("task_arithmetic", _run, DEFAULTS, _check, summary="θ0 + λ Σ τ")
