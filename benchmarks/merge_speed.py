@@ -8,7 +8,7 @@ and an R²M (rank_ratio × alpha) sweep served from a warm :class:`Decomposition
 
     python benchmarks/merge_speed.py --model ViT-B-16 --n 3 6 --device cpu --threads 1
     python benchmarks/merge_speed.py --device cuda --model ViT-L-14 --n 3 --methods r2m
-    python benchmarks/merge_speed.py --quick          # 2 transformer blocks, a few minutes on CPU
+    python benchmarks/merge_speed.py --quick --threads 1   # 2 blocks, N = 3: ~5 min on 2 CPU cores
 
 Peak memory: CPU = peak resident set size during the call minus the RSS before it (sampled every
 2 ms), plus the N + 1 input backbones the process already holds; CUDA = peak allocated device
@@ -344,7 +344,7 @@ def kernel_lines(device: torch.device) -> list[str]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", nargs="+", default=["ViT-B-16"], choices=sorted(MODELS))
-    ap.add_argument("--n", nargs="+", type=int, default=[3, 6], help="numbers of specialists")
+    ap.add_argument("--n", nargs="+", type=int, default=None, help="numbers of specialists (default 3 6; --quick: 3)")
     ap.add_argument("--device", nargs="+", default=["auto"], help="cpu, cuda, or auto (cpu + cuda if present)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--layers", type=int, default=None, help="override the number of transformer blocks")
@@ -363,6 +363,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.quick and args.layers is None:
         args.layers = 2
+    if args.n is None:
+        args.n = [3] if args.quick else [3, 6]
     if args.threads:
         torch.set_num_threads(args.threads)
     mallopt = exact_rss_accounting() if not args.keep_malloc else False

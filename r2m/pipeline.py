@@ -63,11 +63,9 @@ class MergeJob:
 
     def full_hparams(self) -> dict[str, Any]:
         """The method defaults updated with this job's hyperparameters."""
-        from r2m.merging import method_defaults
+        from r2m.merging.registry import resolve_hparams
 
-        hp = dict(method_defaults(self.method))
-        hp.update(self.hparams)
-        return hp
+        return resolve_hparams(self.method, dict(self.hparams))
 
 
 def _fmt_value(v: Any) -> str:
@@ -93,7 +91,8 @@ def jobs_from_config(entries: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -
     """Build :class:`MergeJob` s from config mappings ``{name?, method, **hparams}`` (one mapping
     or a list of them). Unknown methods or hyperparameters raise ``ValueError`` here, before any
     work."""
-    from r2m.merging import METHODS, method_defaults
+    from r2m.merging import METHODS
+    from r2m.merging.registry import resolve_hparams
 
     if isinstance(entries, Mapping):
         entries = [entries]
@@ -104,13 +103,7 @@ def jobs_from_config(entries: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -
         if method not in METHODS:
             raise ValueError(f"unknown merge method {method!r}; choose one of {', '.join(METHODS)}")
         name = entry.pop("name", None)
-        defaults = method_defaults(method)
-        unknown = sorted(set(entry) - set(defaults))
-        if unknown:
-            raise ValueError(
-                f"unknown hyperparameter(s) {unknown} for merge method {method!r}; "
-                f"valid: {sorted(defaults)}"
-            )
+        resolve_hparams(method, dict(entry))  # unknown names or invalid values: ValueError, before any work
         display = job_display_name(method, entry, name if name and name != method else None)
         jobs.append(MergeJob(name=display, method=method, hparams=entry))
     names = [j.name for j in jobs]

@@ -64,7 +64,9 @@ def tensor_hash(t: torch.Tensor, h: "hashlib._Hash | None" = None) -> "hashlib._
     h.update(str(t.dtype).encode())
     h.update(json.dumps(list(t.shape)).encode())
     if t.numel():
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
+        flat = t.reshape(-1)
+        # hash the tensor's memory in place (no bytes copy)
+        h.update((flat.view(torch.uint8) if flat.dtype != torch.bool else flat).numpy().data)
     return h
 
 
