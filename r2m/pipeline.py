@@ -527,8 +527,8 @@ class MergePipeline:
         if evaluated:
             written.update({f"table_{k}": v for k, v in table.write(self.out_dir, stem=stem).items()})
             written.update({f"comparison_{k}": v for k, v in table.write_comparison(self.out_dir).items()})
-            splits = next(iter(evaluated.values())).test_splits if hasattr(next(iter(evaluated.values())), "test_splits") else None
-            pngs = plot_roc(evaluated, splits or self._splits_from_results(evaluated), self.out_dir)
+            first = next(iter(evaluated.values()))  # every EvalResult carries its split → test sets map
+            pngs = plot_roc(evaluated, first.test_splits, self.out_dir)
         else:
             pngs = []
         written["summary"] = atomic_write_json(self.out_dir / "summary.json", _jsonable(self.summary()))
@@ -539,11 +539,6 @@ class MergePipeline:
 
                 log_to_wandb(logger, table, images, prefix="merge")
         return written
-
-    @staticmethod
-    def _splits_from_results(results: Mapping[str, Any]) -> dict[str, list[str]]:
-        first = next(iter(results.values()))
-        return getattr(first, "splits", {"overall": list(first.per_set)})
 
 
 def _safe_name(name: str) -> str:
