@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from r2m.merging import METHODS, DecompositionCache, merge, merge_many  # noqa: E402
+from r2m.merging import METHODS, DecompositionCache, linalg, merge, merge_many  # noqa: E402
 from r2m.utils import state_dict_hash  # noqa: E402
 
 #: open_clip vision-tower dimensions: width, layers, patch, image size, output dim
@@ -166,16 +166,22 @@ def timed(fn, device: torch.device):
     return out, seconds, mem.peak
 
 
-def rel_diffs(ours: dict, ref: dict, base: dict) -> tuple[float, float]:
-    """(max_l ‖a−b‖/‖b‖ over θ*, max_l ‖a−b‖/‖b−θ0‖ over the merge update)."""
-    worst_t, worst_u = 0.0, 0.0
+def rel_diffs(ours: dict, ref: dict, base: dict) -> tuple[float, float, float, str]:
+    """(max_l ‖a−b‖/‖b‖ over θ*, max_l ‖a−b‖/‖b−θ0‖ over the merge update, the same over the whole
+    model's update ‖Δa − Δb‖/‖Δb‖ with every tensor concatenated, the tensor l of the worst update)."""
+    worst_t, worst_u, worst_key = 0.0, 0.0, ""
+    num2, den2 = 0.0, 0.0
     for key in base:
         a, b, z = ours[key].double().cpu(), ref[key].double().cpu(), base[key].double()
         num = float((a - b).norm())
         worst_t = max(worst_t, num / max(float(b.norm()), 1e-300))
         upd = float((b - z).norm())
-        worst_u = max(worst_u, num / upd if upd > 0 else num)
-    return worst_t, worst_u
+        rel = num / upd if upd > 0 else num
+        if rel > worst_u:
+            worst_u, worst_key = rel, key
+        num2 += num * num
+        den2 += upd * upd
+    return worst_t, worst_u, (num2 / den2) ** 0.5 if den2 > 0 else num2**0.5, worst_key
 
 
 def bench_setting(args, model: str, n: int, device: torch.device, reference) -> None:
@@ -193,8 +199,9 @@ def bench_setting(args, model: str, n: int, device: torch.device, reference) -> 
         f"\n### {model}{depth}, N = {n}, device {device}{threads}",
         f"D = {numel / 1e6:.1f} M parameters, backbone = {backbone / 2**20:.0f} MiB; peak memory in "
         f"backbones ({'inputs N+1 on the host + extra host RSS' if device.type == 'cpu' else 'device allocations'}).\n",
-        "| method | ours (s) | reference (s) | speed-up | ours peak | ref peak | max rel diff θ* | max rel diff θ*−θ0 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | ours (s) | reference (s) | speed-up | ours peak | ref peak | max rel diff θ* | max rel diff θ*−θ0 "
+        "| rel diff θ*−θ0, whole model |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]:
         print(line, flush=True)
     if device.type == "cuda":
@@ -209,14 +216,14 @@ def bench_setting(args, model: str, n: int, device: torch.device, reference) -> 
         ours, t_ours, m_ours = timed(lambda: merge(method, base, specs, device=device), device)
         results[method] = t_ours
         if args.no_reference:
-            print(f"| {method} | {t_ours:.2f} | – | – | {host + m_ours / backbone:.2f} | – | – | – |", flush=True)
+            print(f"| {method} | {t_ours:.2f} | – | – | {host + m_ours / backbone:.2f} | – | – | – | – |", flush=True)
             continue
         ref_fn = reference.REFERENCES[method]
         ref, t_ref, m_ref = timed(lambda: ref_fn(ref_base, ref_specs, dtype=torch.float32), device)
-        d_t, d_u = rel_diffs(ours, ref, base)
+        d_t, d_u, d_g, _ = rel_diffs(ours, ref, base)
         print(
             f"| {method} | {t_ours:.2f} | {t_ref:.2f} | {t_ref / t_ours:.1f}× | {host + m_ours / backbone:.2f} "
-            f"| {host + m_ref / backbone:.2f} | {d_t:.1e} | {d_u:.1e} |",
+            f"| {host + m_ref / backbone:.2f} | {d_t:.1e} | {d_u:.1e} | {d_g:.1e} |",
             flush=True,
         )
         if method in args.check64:
@@ -225,10 +232,11 @@ def bench_setting(args, model: str, n: int, device: torch.device, reference) -> 
             del ref64
         del ours, ref
         gc.collect()
-    for method, ((o_t, o_u), (r_t, r_u)) in exact.items():
+    for method, ((o_t, o_u, o_g, o_k), (r_t, r_u, r_g, r_k)) in exact.items():
         print(
-            f"\n{method} vs the float64 reference: ours (float32) max rel diff θ* {o_t:.1e}, θ*−θ0 {o_u:.1e}; "
-            f"the float32 reference route: θ* {r_t:.1e}, θ*−θ0 {r_u:.1e}.",
+            f"\n{method} vs the float64 reference: ours (float32) max rel diff θ* {o_t:.1e}, θ*−θ0 {o_u:.1e} "
+            f"(worst tensor {o_k}), whole-model update {o_g:.1e}; the float32 reference route: θ* {r_t:.1e}, "
+            f"θ*−θ0 {r_u:.1e} (worst tensor {r_k}), whole-model update {r_g:.1e}.",
             flush=True,
         )
     if "r2m" in args.methods and not args.no_sweep:
@@ -338,6 +346,20 @@ def kernel_lines(device: torch.device) -> list[str]:
             finally:
                 torch.backends.cuda.preferred_linalg_library(prev)
             lines.append(f"|  | eigh fp64 on 4 threads/streams: {t_conc:.4f} per matrix; MAGMA eigh fp64: {t_magma:.4f} | | | | |")
+    if device.type == "cpu" and linalg.spectral_route(device) == "cpu-lapack":
+        lines += ["\nCPU LAPACK route (SciPy / OpenBLAS, BLAS threads = torch threads), same matrices:\n",
+                  "| K | Gram dsyrk (4K×K) | dsyevd (all) | dsyevr top ⌈K/8⌉ | gram_eigh, rank ⌊0.1K⌋ | gram_eigh, all |",
+                  "|---|---|---|---|---|---|"]
+        for k in (768, 1024):
+            x = torch.randn(4 * k, k, generator=g)
+            gram = x.double().mT @ x.double()
+            top = linalg.eig_columns(k, int(0.1 * k), device)
+            t_syrk = clock(lambda: linalg._gram_np(x, "right"))
+            t_evd = clock(lambda: linalg._eigh_np_desc(gram.numpy().copy(order="F"), None, lower=True))
+            t_evr = clock(lambda: linalg._eigh_np_desc(gram.numpy().copy(order="F"), top, lower=True))
+            t_part = clock(lambda: linalg.gram_eigh(x, int(0.1 * k)))
+            t_full = clock(lambda: linalg.gram_eigh(x))
+            lines.append(f"| {k} | {t_syrk:.4f} | {t_evd:.4f} | {t_evr:.4f} | {t_part:.4f} | {t_full:.4f} |")
     return lines
 
 
@@ -358,6 +380,10 @@ def main(argv=None) -> None:
                     help="keep glibc's default mmap threshold (RSS then includes allocator retention)")
     ap.add_argument("--eigh-batched", choices=["auto", "on", "off"], default="auto",
                     help="decompose stacks of Grams in one batched eigh call (auto: library default per device)")
+    ap.add_argument("--cpu-route", choices=["lapack", "torch"], default=linalg.CPU_ROUTE,
+                    help="spectral route of the library on CPU (r2m.merging.linalg.CPU_ROUTE)")
+    ap.add_argument("--partial-fraction", type=float, default=None,
+                    help="r2m.merging.linalg.PARTIAL_FRACTION (0: always the full spectrum)")
     ap.add_argument("--kernels", action="store_true", help="only time the spectral kernels")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -374,9 +400,10 @@ def main(argv=None) -> None:
             devices += ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         else:
             devices.append(d)
+    linalg.CPU_ROUTE = args.cpu_route
+    if args.partial_fraction is not None:
+        linalg.PARTIAL_FRACTION = args.partial_fraction
     if args.eigh_batched != "auto":
-        from r2m.merging import linalg
-
         for kind in linalg.BATCHED_EIGH:
             linalg.BATCHED_EIGH[kind] = args.eigh_batched == "on"
     reference = load_reference()
@@ -386,7 +413,7 @@ def main(argv=None) -> None:
           f"GPU {gpu} · torch {torch.__version__} · python {platform.python_version()}")
     print(f"command: python benchmarks/merge_speed.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     print(f"glibc mmap threshold fixed at 64 KiB for exact RSS accounting: {mallopt}")
-    print(f"batched eigh per device: {__import__('r2m.merging.linalg', fromlist=['x']).BATCHED_EIGH}")
+    print(f"batched eigh per device (torch route): {linalg.BATCHED_EIGH}; CPU spectral route: {linalg.spectral_route('cpu')}")
     for device in devices:
         if args.kernels:
             for line in kernel_lines(torch.device(device)):

@@ -5,8 +5,13 @@
   hashes), and only the missing pairs are computed (adding one specialist to N cached ones: N + 1
   pairs). Pairs are computed one by one so cached and fresh values agree bit for bit.
 * :func:`spectra` — small-side spectral factors (s, Q) of a stack of matrices, each looked up under
-  a caller-chosen entry key first. Q is rounded to the working dtype both when stored and when
-  freshly computed, so a merge from the cache equals a merge from scratch bit for bit.
+  a caller-chosen entry key plus the spectral route (:func:`~r2m.merging.linalg.eig_tag`). With a
+  cache the full spectrum is computed and stored, so any later truncation rank is served from it;
+  without a cache only the eigenpairs the merge reads are computed (the leading ⌈K/8⌉ on the CPU
+  LAPACK route when the rank fits). Q is rounded to the working dtype both when stored and when
+  freshly computed, so a merge from a warm cache equals a merge from an empty one bit for bit. A
+  merge without a cache agrees with them to float32 round-off, not bit for bit (partial vs full
+  eigensolver).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch
 from torch import Tensor
 
 from r2m.merging.cache import DecompositionCache
-from r2m.merging.linalg import BATCHED_EIGH, gram_eigh, pair_inner_products, small_side
+from r2m.merging.linalg import BATCHED_EIGH, eig_tag, gram_eigh, pair_inner_products, small_side, spectral_route
 from r2m.merging.tasks import TaskSet
 
 __all__ = ["layout_signature", "set_signature", "tensor_grams", "spectra"]
@@ -87,33 +92,47 @@ def tensor_grams(ts: TaskSet, cache: DecompositionCache | None) -> Tensor:
 
 
 def spectra(
-    ts: TaskSet, cache: DecompositionCache | None, xs: Tensor, entries: list[str] | None
+    ts: TaskSet,
+    cache: DecompositionCache | None,
+    xs: Tensor,
+    entries: list[str] | None,
+    rank: int | None = None,
 ) -> tuple[list[Tensor], list[Tensor], str]:
-    """Spectral factors of each matrix in ``xs`` (B, m, n): lists of s (K,) float64 and
-    Q (K, K) in the working dtype, plus the side; ``entries[b]`` is the cache key of ``xs[b]``."""
+    """Spectral factors of each matrix in ``xs`` (B, m, n): lists of s (T,) float64 and
+    Q (K, T) in the working dtype, plus the side; ``entries[b]`` is the cache key of ``xs[b]``.
+
+    ``rank``: the largest truncation rank the caller will read (``None``: the full spectrum is
+    needed). With a cache, the full spectrum is always computed (T = K), so that every later
+    rank — a sweep, a re-merge — is served without a new decomposition; without one, only what
+    this merge reads: T = :func:`~r2m.merging.linalg.eig_columns` (K, rank, device)."""
     b_count, m, n = xs.shape
     side = small_side(m, n)
+    if cache is not None:
+        rank = None
+    tag = eig_tag(min(m, n), rank, xs.device)
+    keys = [f"{e}|{tag}" for e in entries] if (cache is not None and entries is not None) else None
     s_list: list[Tensor | None] = [None] * b_count
     q_list: list[Tensor | None] = [None] * b_count
     missing: list[int] = []
     for b in range(b_count):
-        hit = cache.get("svd", entries[b]) if (cache is not None and entries is not None) else None
+        hit = cache.get("svd", keys[b]) if keys is not None else None
         if hit is None:
             missing.append(b)
         else:
             s_list[b] = hit["s"].to(ts.device)
             q_list[b] = hit["q"].to(ts.device)
     if missing:
-        if BATCHED_EIGH.get(xs.device.type, False) and len(missing) > 1:
-            s, q, _ = gram_eigh(xs[missing])
+        batched = spectral_route(xs.device) == "torch" and BATCHED_EIGH.get(xs.device.type, False)
+        if batched and len(missing) > 1:
+            s, q, _ = gram_eigh(xs[missing], rank)
             fresh = [(s[j], q[j].to(ts.dtype).contiguous()) for j in range(len(missing))]
         else:  # one at a time: bounds the float64 temporaries to one matrix
             fresh = []
             for b in missing:
-                s, q, _ = gram_eigh(xs[b])
+                s, q, _ = gram_eigh(xs[b], rank)
                 fresh.append((s, q.to(ts.dtype).contiguous()))
         for (s, q), b in zip(fresh, missing):
             s_list[b], q_list[b] = s, q
-            if cache is not None and entries is not None:
-                cache.put("svd", entries[b], {"s": s, "q": q})
+            if keys is not None:
+                cache.put("svd", keys[b], {"s": s, "q": q})
     return s_list, q_list, side  # type: ignore[return-value]

@@ -16,19 +16,25 @@ def _equal(a, b):
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _fresh(*args, **kw):
+    """A merge from scratch with an empty cache (with a cache the full spectrum is computed; a merge
+    without one may compute only the leading eigenpairs and then agrees to round-off, not bitwise)."""
+    return merge(*args, cache=DecompositionCache(), **kw)
+
+
 def test_r2m_sweep_recomputes_no_decomposition(base, specs):
     cache = DecompositionCache()
     first = merge("r2m", base, specs, device="cpu", cache=cache)
     assert cache.stats["svd_computed"] == len(specs) * N_BLOCKS
     assert cache.stats["gram_pairs_computed"] == 6  # 3·4/2 unordered pairs incl. diagonal
-    assert _equal(first, merge("r2m", base, specs, device="cpu"))  # cache changes nothing
+    assert _equal(first, _fresh("r2m", base, specs, device="cpu"))  # cache changes nothing
     cache.reset_stats()
     for rank_ratio in (0.05, 0.1, 0.3):
         for alpha in (0.4, 0.6, 0.8):
             for eta in ("relative", "literal"):
                 hp = dict(rank_ratio=rank_ratio, alpha=alpha, eta=eta, norm_match=alpha != 0.8)
                 warm = merge("r2m", base, specs, device="cpu", cache=cache, **hp)
-                cold = merge("r2m", base, specs, device="cpu", **hp)
+                cold = _fresh("r2m", base, specs, device="cpu", **hp)
                 assert _equal(warm, cold), hp
     assert cache.stats["svd_computed"] == 0
     assert cache.stats["gram_pairs_computed"] == 0
@@ -43,7 +49,7 @@ def test_r2m_config_change_recomputes_residual_decompositions_only(base, specs):
     out = merge("r2m", base, specs, device="cpu", cache=cache, center=True)
     assert cache.stats["gram_pairs_computed"] == 0  # the Gram does not depend on the flags
     assert cache.stats["svd_computed"] == len(specs) * N_BLOCKS  # residuals do
-    assert _equal(out, merge("r2m", base, specs, device="cpu", center=True))
+    assert _equal(out, _fresh("r2m", base, specs, device="cpu", center=True))
 
 
 def test_adding_a_specialist_computes_only_new_gram_pairs(base, specs):
@@ -57,7 +63,7 @@ def test_adding_a_specialist_computes_only_new_gram_pairs(base, specs):
     assert cache.stats["gram_pairs_hits"] == 6
     # R²M residuals depend on V_k (all tasks): every residual decomposition is recomputed
     assert cache.stats["svd_computed"] == len(grown) * N_BLOCKS
-    assert _equal(warm, merge("r2m", base, grown, device="cpu"))
+    assert _equal(warm, _fresh("r2m", base, grown, device="cpu"))
     assert _equal(warm, merge("r2m", base, grown, device="cpu", cache=DecompositionCache()))
 
 
@@ -84,7 +90,7 @@ def test_cart_sweep_and_growth(base, specs):
     cache.reset_stats()
     a = merge("cart", base, specs, device="cpu", cache=cache, rank_ratio=0.3, lam=1.0)
     assert cache.stats["svd_computed"] == 0
-    assert _equal(a, merge("cart", base, specs, device="cpu", rank_ratio=0.3, lam=1.0))
+    assert _equal(a, _fresh("cart", base, specs, device="cpu", rank_ratio=0.3, lam=1.0))
     extra = make_specialists(base, 1, seed=79)[0]
     cache.reset_stats()
     merge("cart", base, [*specs, extra], device="cpu", cache=cache)
@@ -133,7 +139,7 @@ def test_cache_keys_follow_content_not_position(base, specs):
     cache.reset_stats()
     out = merge("r2m", base, changed, device="cpu", cache=cache)
     assert cache.stats["gram_pairs_computed"] == 3
-    assert _equal(out, merge("r2m", base, changed, device="cpu"))
+    assert _equal(out, _fresh("r2m", base, changed, device="cpu"))
 
 
 def test_caller_provided_hashes_are_used(base, specs):
@@ -162,7 +168,7 @@ def test_merge_many_equals_merge_and_computes_each_svd_once(base, specs):
     seen = []
     for hp, merged in merge_many("r2m", base, specs, grid, device="cpu", cache=cache, eta="literal"):
         assert hp["eta"] == "literal"
-        assert _equal(merged, merge("r2m", base, specs, device="cpu", **{k: hp[k] for k in ("rank_ratio", "alpha", "eta")}))
+        assert _equal(merged, _fresh("r2m", base, specs, device="cpu", **{k: hp[k] for k in ("rank_ratio", "alpha", "eta")}))
         seen.append((hp["rank_ratio"], hp["alpha"]))
     assert seen == [(g["rank_ratio"], g["alpha"]) for g in grid]
     assert cache.stats["svd_computed"] == len(specs) * N_BLOCKS
@@ -173,3 +179,28 @@ def test_merge_many_equals_merge_and_computes_each_svd_once(base, specs):
     # methods without a cache work too
     (hp, out), = list(merge_many("task_arithmetic", base, specs, [{"lam": 0.5}], device="cpu"))
     assert _equal(out, merge("task_arithmetic", base, specs, device="cpu", lam=0.5))
+
+
+@pytest.mark.parametrize("method", ["r2m", "cart"])
+def test_merge_without_cache_agrees_with_cached_merge(method, base, specs, monkeypatch):
+    from r2m.merging import linalg
+
+    tops = []
+    real = linalg._eigh_np_desc
+
+    def spy(a, top, lower):
+        tops.append(top)
+        return real(a, top, lower)
+
+    monkeypatch.setattr(linalg, "_eigh_np_desc", spy)
+    k = base["transformer.resblocks.0.attn.out_proj.weight"].shape[0]  # every block matrix has K = width
+    plain = merge(method, base, specs, device="cpu")
+    if linalg.spectral_route("cpu") == "cpu-lapack":  # only the leading ⌈K/8⌉ eigenpairs without a cache
+        assert tops and all(t == -(-k // 8) for t in tops if t is not None)
+    tops.clear()
+    cached = merge(method, base, specs, device="cpu", cache=DecompositionCache())
+    assert all(t in (None, k) for t in tops)  # the full spectrum with a cache
+    for key in base:
+        upd = float((cached[key] - base[key]).double().norm())
+        diff = float((plain[key] - cached[key]).double().norm())
+        assert diff <= 1e-5 * max(upd, 1e-12), key

@@ -48,7 +48,7 @@ def cart_merge(
                 entries = (
                     [f"cart|{sig}|{h}|{key}" for h in ts.task_hashes()] if cache is not None else None
                 )
-                _, qs, side = spectra(ts, cache, centred, entries)
+                _, qs, side = spectra(ts, cache, centred, entries, rank)
                 lr = low_rank(centred, torch.stack(qs), rank, side)
                 delta = mean + lam * lr.sum(0)
             # rank = min(m, n): Σ_i δ_i = 0, θ* stays at the average

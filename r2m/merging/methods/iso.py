@@ -69,13 +69,13 @@ def iso_cts_merge(ts: TaskSet, *, common_fraction: float, alpha: float) -> dict[
         c, d = iso_cts_ranks(min(ts.shapes[key]), ts.n, common_fraction)
         taus64 = taus.to(torch.float64)
         total = taus64.sum(0)
-        s, q, side = gram_eigh(total)
+        s, q, side = gram_eigh(total, c)
         u_c, s_c, v_c = top_triplets(total, s, q, c, side)
         us, ss, vs = [u_c], [s_c], [v_c]
         if d > 0:
             for i in range(ts.n):
                 resid = taus64[i] - u_c @ (u_c.mT @ taus64[i])
-                s_i, q_i, side_i = gram_eigh(resid)
+                s_i, q_i, side_i = gram_eigh(resid, d)
                 u_i, sv_i, v_i = top_triplets(resid, s_i, q_i, d, side_i)
                 us.append(u_i)
                 ss.append(sv_i)

@@ -72,8 +72,7 @@ from r2m.merging.cache import DecompositionCache
 from r2m.merging.decompose import set_signature, spectra, tensor_grams
 from r2m.merging.linalg import (
     EIG_REL_TOL,
-    gram64,
-    low_rank,
+    low_rank_gram,
     rank_for_ratio,
     sym_eig_desc,
     weighted_low_rank_sum,
@@ -184,7 +183,7 @@ def r2m_merge(
         if key in local_q:
             return local_q[key], ("right" if rho.shape[-2] >= rho.shape[-1] else "left")
         entries = [f"r2m|{config}|{h}|{key}" for h in hashes] if cache is not None else None
-        _, qs, side = spectra(ts, cache, rho, entries)
+        _, qs, side = spectra(ts, cache, rho, entries, ranks[key])
         q = torch.stack(qs)
         if cache is None:
             local_q[key] = q[..., : ranks[key]].clone()
@@ -205,7 +204,7 @@ def r2m_merge(
             for key in ts.keys_loop(truncated, desc="r2m residuals"):
                 rho = _combine(res_m, ts.task_vectors(key))
                 q, side = residual_factors(key, rho)
-                r_gram = r_gram + gram64(low_rank(rho, q, ranks[key], side))
+                r_gram = r_gram + low_rank_gram(rho, q, ranks[key], side)
             if cache is not None:
                 cache.put("residual_gram", rg_entry, {"R": r_gram})
 

@@ -50,7 +50,7 @@ def tsv_merge(ts: TaskSet, cache: DecompositionCache | None, *, alpha: float) ->
         m, k_dim = ts.shapes[key][0], min(ts.shapes[key])
         rank = max(1, k_dim // n)
         entries = [f"tsv|{base}|{layout}|{h}|{key}|{ts.dtype}" for h in hashes] if cache is not None else None
-        s_list, q_list, side = spectra(ts, cache, taus, entries)
+        s_list, q_list, side = spectra(ts, cache, taus, entries, rank)
         us, ss, vs = zip(*(top_triplets(taus[i], s_list[i], q_list[i], rank, side, ts.dtype) for i in range(n)))
         u_stack, s_stack, v_stack = torch.cat(us, 1), torch.cat(ss).to(ts.dtype), torch.cat(vs, 1)
         u_orth = _cached_polar(ts, cache, u_stack, f"tsv-polar-u|{ordered}|{key}" if cache is not None else None)
