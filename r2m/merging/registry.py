@@ -145,8 +145,12 @@ def merge_many(
     The merges share one validated input set: metadata checks, NaN/Inf checks, content hashes and —
     on CUDA — the device copies of θ0 and the task vectors happen once, and decompositions are
     served from ``cache`` (an in-memory :class:`DecompositionCache` is created when ``None``), so a
-    sweep over ``alpha``/``rank_ratio`` computes each SVD once. Results equal :func:`merge` with the
-    same arguments. Keep the generator's results only as long as needed (one θ* per point)."""
+    sweep over ``alpha``/``rank_ratio`` computes each SVD once. Methods with a group sweep (R²M:
+    consecutive points that differ only in ``alpha``/``eta``) compute their shared work once per
+    group (R²M holds one backbone of residual sums meanwhile). Results equal :func:`merge` with a
+    cache and the same arguments, bit for bit (without a cache, :func:`merge` may use a partial
+    eigensolver and agree to round-off only). Keep the generator's results only as long as needed
+    (one θ* per point)."""
     spec = method_spec(method)
     points = [resolve_hparams(method, {**common, **dict(point)}) for point in grid]
     ts = TaskSet(
@@ -162,7 +166,24 @@ def merge_many(
     )
     if spec.uses_cache and cache is None:
         cache = DecompositionCache()
+    use = cache if spec.uses_cache else None
+    if spec.sweep is None:
+        for hp in points:
+            with torch.no_grad():
+                merged = spec.fn(ts, use, **hp)
+            yield hp, merged
+        return
+    # consecutive points that differ only in the method's free hyperparameters form one group
+    groups: list[list[dict[str, Any]]] = []
     for hp in points:
-        with torch.no_grad():
-            merged = spec.fn(ts, cache if spec.uses_cache else None, **hp)
-        yield hp, merged
+        fixed = {k: v for k, v in hp.items() if k not in spec.sweep_free}
+        if groups and {k: v for k, v in groups[-1][0].items() if k not in spec.sweep_free} == fixed:
+            groups[-1].append(hp)
+        else:
+            groups.append([hp])
+    for group in groups:
+        results = spec.sweep(ts, use, group)
+        for hp in group:
+            with torch.no_grad():
+                merged = next(results)
+            yield hp, merged

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,11 @@ __all__ = ["MethodSpec", "check_number", "check_choice", "check_bool"]
 @dataclass(frozen=True)
 class MethodSpec:
     """One merge method: its name, defaults (the single source of truth), value checks and the
-    function holding the math, called as ``fn(taskset, cache, **hparams)``."""
+    function holding the math, called as ``fn(taskset, cache, **hparams)``.
+
+    ``sweep`` (optional) serves a group of sweep points that differ only in the hyperparameters
+    named by ``sweep_free``: ``sweep(taskset, cache, points) -> iterator of θ*`` in the order of
+    ``points``, each equal to ``fn`` on that point bit for bit (used by ``merge_many``)."""
 
     name: str
     fn: Callable[..., dict[str, Tensor]]
@@ -24,6 +28,8 @@ class MethodSpec:
     check: Callable[[dict[str, Any]], None] = field(default=lambda hp: None)
     uses_cache: bool = False
     summary: str = ""
+    sweep: Callable[..., Iterator[dict[str, Tensor]]] | None = None
+    sweep_free: tuple[str, ...] = ()
 
 
 def check_number(

@@ -204,3 +204,35 @@ def test_merge_without_cache_agrees_with_cached_merge(method, base, specs, monke
         upd = float((cached[key] - base[key]).double().norm())
         diff = float((plain[key] - cached[key]).double().norm())
         assert diff <= 1e-5 * max(upd, 1e-12), key
+
+
+def test_merge_many_groups_alpha_and_eta_points(base, specs, monkeypatch):
+    from r2m.merging import merge_many
+    from r2m.merging.methods import r2m as r2m_module
+
+    calls = []
+    real = r2m_module._residual_sum
+
+    def counting(ts, prep, key, taus):
+        calls.append(key)
+        return real(ts, prep, key, taus)
+
+    monkeypatch.setattr(r2m_module, "_residual_sum", counting)
+    grid = [
+        {"rank_ratio": 0.05, "alpha": 0.4, "eta": "relative"},
+        {"rank_ratio": 0.05, "alpha": 0.0, "eta": "literal"},  # η = 0: no residual term
+        {"rank_ratio": 0.05, "alpha": 0.8, "eta": "literal"},
+        {"rank_ratio": 0.3, "alpha": 0.6},
+        {"rank_ratio": 0.05, "alpha": 0.6, "norm_match": False},  # another group, not merged with the first
+    ]
+    cache = DecompositionCache()
+    outs = list(merge_many("r2m", base, specs, grid, device="cpu", cache=cache))
+    assert [hp["alpha"] for hp, _ in outs] == [g["alpha"] for g in grid]
+    # residual sums: once per group with a non-zero η (3 groups × N_BLOCKS truncated matrices)
+    assert len(calls) == 3 * N_BLOCKS
+    monkeypatch.setattr(r2m_module, "_residual_sum", real)
+    for (hp, merged), point in zip(outs, grid):
+        assert _equal(merged, _fresh("r2m", base, specs, device="cpu", **point)), point
+    alpha0 = outs[1][1]
+    no_res = _fresh("r2m", base, specs, device="cpu", rank_ratio=0.05, alpha=0.0)
+    assert _equal(alpha0, no_res)

@@ -63,6 +63,7 @@ depends on V_k, i.e. on every task, adding a specialist recomputes all residual 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -146,7 +147,21 @@ def _combine(coeffs: Tensor, taus: Tensor) -> Tensor:
     return out.reshape(*coeffs.shape[:-1], *taus.shape[1:])
 
 
-def r2m_merge(
+@dataclass
+class _Prepared:
+    """Everything of one R²M configuration that does not depend on ``alpha`` or ``eta``."""
+
+    sub: RealSubspace
+    core_norm: float
+    zero: float
+    ranks: dict[str, int]
+    truncated: list[str]
+    weights: Tensor  # per-task residual weights (norm matching and 1/N), float64
+    res_norm: float  # ‖Σ_i w_i ρ_i‖ (ρ_i truncated on block matrices)
+    factors: Callable[[str, Tensor], tuple[Tensor, str]]
+
+
+def _prepare(
     ts: TaskSet,
     cache: DecompositionCache | None,
     *,
@@ -155,11 +170,9 @@ def r2m_merge(
     residual: str,
     rank_ratio: float | None,
     norm_match: bool,
-    alpha: float,
-    eta: str,
     block_weighting: str,
-) -> dict[str, Tensor]:
-    """R²M (module docstring); returns θ*."""
+) -> _Prepared:
+    """Passes 1–2: Real subspace, residual decompositions, truncated residual Gram, weights."""
     n, dev = ts.n, ts.device
     # ---- pass 1: per-tensor task Grams (cached per pair)
     grams = tensor_grams(ts, cache)
@@ -208,7 +221,7 @@ def r2m_merge(
             if cache is not None:
                 cache.put("residual_gram", rg_entry, {"R": r_gram})
 
-    # ---- norm matching and η
+    # ---- norm matching
     norms = r_gram.diagonal().clamp_min(0).sqrt()
     alive = norms > zero
     if norm_match:
@@ -217,28 +230,82 @@ def r2m_merge(
     else:
         weights = torch.full_like(norms, 1.0 / n)
     res_norm = math.sqrt(max(float(weights @ r_gram @ weights), 0.0))
-    if res_norm <= zero:
-        eta_value = 0.0
-    elif eta == "relative":
-        eta_value = alpha * core_norm / res_norm
-    else:  # literal
-        eta_value = alpha * core_norm
+    return _Prepared(sub, core_norm, zero, ranks, truncated, weights, res_norm, residual_factors)
 
+
+def _eta_value(prep: _Prepared, alpha: float, eta: str) -> float:
+    """η (step 7): 0 when τ_res vanishes; α‖τ_core‖/‖τ_res‖ (relative) or α‖τ_core‖ (literal)."""
+    if prep.res_norm <= prep.zero:
+        return 0.0
+    if eta == "relative":
+        return alpha * prep.core_norm / prep.res_norm
+    return alpha * prep.core_norm
+
+
+def _residual_sum(ts: TaskSet, prep: _Prepared, key: str, taus: Tensor) -> Tensor:
+    """Σ_i w_i LR(ρ_i[key]) for a truncated block matrix (ρ_i computed exactly as in pass 2)."""
+    rho = _combine(prep.sub.residual, taus)
+    q, side = prep.factors(key, rho)
+    return weighted_low_rank_sum(rho, q, prep.ranks[key], side, prep.weights)
+
+
+def _output(
+    ts: TaskSet, prep: _Prepared, eta_value: float, key: str, taus: Tensor, res_sum: Tensor | None
+) -> Tensor:
+    """θ*[key] = θ0 + τ_core + η Σ_i w_i ρ_i, the residual sum of a truncated key given (or computed)."""
+    sub = prep.sub
+    if key in prep.truncated and eta_value != 0.0:
+        if res_sum is None:
+            res_sum = _residual_sum(ts, prep, key, taus)
+        delta = _combine(sub.core, taus) + eta_value * res_sum
+    else:
+        flat_coeffs = sub.core + eta_value * (sub.residual.mT @ prep.weights) if eta_value != 0.0 else sub.core
+        delta = _combine(flat_coeffs, taus)
+    return ts.output(key, delta)
+
+
+def r2m_merge(
+    ts: TaskSet,
+    cache: DecompositionCache | None,
+    *,
+    k: int,
+    center: bool,
+    residual: str,
+    rank_ratio: float | None,
+    norm_match: bool,
+    alpha: float,
+    eta: str,
+    block_weighting: str,
+) -> dict[str, Tensor]:
+    """R²M (module docstring); returns θ*."""
+    prep = _prepare(ts, cache, k=k, center=center, residual=residual, rank_ratio=rank_ratio,
+                    norm_match=norm_match, block_weighting=block_weighting)
+    eta_value = _eta_value(prep, alpha, eta)
     # ---- pass 3: θ* = θ0 + τ_core + η Σ_i w_i ρ_i (ρ_i truncated on block matrices)
-    flat_coeffs = sub.core + eta_value * (res_m.mT @ weights)
-    truncated_set = set(truncated)
-    out: dict[str, Tensor] = {}
-    for key in ts.keys_loop(desc="r2m output"):
-        taus = ts.task_vectors(key)
-        if key in truncated_set and eta_value != 0.0:
-            rho = _combine(res_m, taus)  # computed exactly as in pass 2 (bit-identical residuals)
-            core = _combine(sub.core, taus)
-            q, side = residual_factors(key, rho)
-            delta = core + weighted_low_rank_sum(rho, q, ranks[key], side, eta_value * weights)
-        else:
-            delta = _combine(flat_coeffs if eta_value != 0.0 else sub.core, taus)
-        out[key] = ts.output(key, delta)
-    return out
+    return {key: _output(ts, prep, eta_value, key, ts.task_vectors(key), None)
+            for key in ts.keys_loop(desc="r2m output")}
+
+
+def r2m_sweep(
+    ts: TaskSet, cache: DecompositionCache | None, points: list[dict]
+) -> Iterator[dict[str, Tensor]]:
+    """θ* for several points that differ only in ``alpha`` / ``eta`` (one group of a sweep).
+
+    α and η only scale the residual term, so the residual sum S[l] = Σ_i w_i LR(ρ_i[l]) of every
+    truncated block matrix is computed once for the group (one backbone held) and each point is
+    θ0 + τ_core + η S — the same operations as :func:`r2m_merge`, so each result equals a separate
+    merge bit for bit. Yields in the order of ``points``."""
+    first = _hp(points[0])
+    shared = {name: first[name] for name in ("k", "center", "residual", "rank_ratio", "norm_match", "block_weighting")}
+    prep = _prepare(ts, cache, **shared)
+    etas = [_eta_value(prep, float(p["alpha"]), p["eta"]) for p in points]
+    sums: dict[str, Tensor] = {}
+    if any(e != 0.0 for e in etas):
+        for key in ts.keys_loop(prep.truncated, desc="r2m residual sums"):
+            sums[key] = _residual_sum(ts, prep, key, ts.task_vectors(key))
+    for eta_value in etas:
+        yield {key: _output(ts, prep, eta_value, key, ts.task_vectors(key), sums.get(key))
+               for key in ts.keys_loop(desc="r2m output")}
 
 
 def _check(hp: dict) -> None:
@@ -253,11 +320,10 @@ def _check(hp: dict) -> None:
     check_choice("r2m", "block_weighting", hp["block_weighting"], ("none", "fro_sqrtP"))
 
 
-def _run(ts: TaskSet, cache: DecompositionCache | None, **hp) -> dict[str, Tensor]:
+def _hp(hp: dict) -> dict:
+    """Typed hyperparameters (the checked values as ``r2m_merge`` takes them)."""
     rr = hp["rank_ratio"]
-    return r2m_merge(
-        ts,
-        cache,
+    return dict(
         k=int(hp["k"]),
         center=hp["center"],
         residual=hp["residual"],
@@ -269,4 +335,9 @@ def _run(ts: TaskSet, cache: DecompositionCache | None, **hp) -> dict[str, Tenso
     )
 
 
-SPEC = MethodSpec("r2m", _run, DEFAULTS, _check, uses_cache=True, summary="real core + truncated, norm-matched residuals")
+def _run(ts: TaskSet, cache: DecompositionCache | None, **hp) -> dict[str, Tensor]:
+    return r2m_merge(ts, cache, **_hp(hp))
+
+
+SPEC = MethodSpec("r2m", _run, DEFAULTS, _check, uses_cache=True, summary="real core + truncated, norm-matched residuals",
+                  sweep=r2m_sweep, sweep_free=("alpha", "eta"))
