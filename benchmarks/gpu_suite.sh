@@ -3,6 +3,7 @@
 # throughput, data-pipeline throughput and the built-in benchmark end to end. Writes logs to $OUT
 # (default ./gpu_out). Usage on a GPU machine with torch/lightning installed:
 #   WHEELS=<folder of extra wheels> bash benchmarks/gpu_suite.sh
+#   (the merge library also needs scipy and threadpoolctl: add their wheels to WHEELS if missing)
 set -u
 OUT="${OUT:-gpu_out}"; mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 WANDB_MODE=disabled NO_ALBUMENTATIONS_UPDATE=1 PYTHONPATH="$PWD"
