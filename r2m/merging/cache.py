@@ -7,12 +7,11 @@ What is cached (entry kinds, each counted in :attr:`DecompositionCache.stats`):
   two task hashes only, so adding one specialist to N cached ones computes N + 1 new pairs (N cross
   pairs plus its own diagonal) and reuses the rest.
 * ``svd`` — the spectral factors of one matrix: the eigen-decomposition of its small-side Gram
-  (XᵀX or XXᵀ), i.e. the K = min(m, n) singular values and small-side singular vectors — or, on the
-  CPU LAPACK route for truncations to rank ≤ ⌈K/8⌉, only the leading ⌈K/8⌉ of them
-  (:mod:`r2m.merging.linalg`). Together with X (cheap to rebuild from the task vectors) this is the
-  thin SVD; every truncation rank up to the number stored is read from it. The key ends with the
-  route and that number, so each matrix has at most two entries (partial, full). Keyed by whatever
-  determines X:
+  (XᵀX or XXᵀ), i.e. all K = min(m, n) singular values and the K small-side singular vectors (merges
+  with a cache always compute the full spectrum; only cache-less merges use partial ones, see
+  :mod:`r2m.merging.linalg`). Together with X (cheap to rebuild from the task vectors) this is the
+  full thin SVD; every truncation rank is read from it. The key ends with the spectral route and the
+  number of eigenpairs, so entries of different routes never mix. Keyed by whatever determines X:
 
   - TSV: X = τ_i[l] depends on one task only → reused when a specialist is added.
   - CART: X = τ_i[l] − τ̄[l] depends on the whole task set → recomputed when a specialist is added.

@@ -147,6 +147,16 @@ def _eigh_np_desc(a, top: int | None, lower: bool) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(w[::-1].copy()), torch.from_numpy(v[:, ::-1].copy())
 
 
+def _eigh_np_batch(arrays: list, lead: tuple[int, ...], top: int | None, lower: bool) -> tuple[Tensor, Tensor]:
+    """:func:`_eigh_np_desc` over a batch of K×K ndarrays, stacked to ``(lead…, T)`` and
+    ``(lead…, K, T)``."""
+    parts = [_eigh_np_desc(a, top, lower) for a in arrays]
+    k, cols = parts[0][1].shape
+    evals = torch.stack([p[0] for p in parts]).reshape(*lead, cols)
+    evecs = torch.stack([p[1] for p in parts]).reshape(*lead, k, cols)
+    return evals, evecs
+
+
 def _gram_np(x: Tensor, side: str):
     """float64 small-side Gram of 2-D CPU ``x`` with ``dsyrk``: ndarray whose upper triangle holds
     XᵀX (side "right") or XXᵀ (side "left")."""
@@ -170,21 +180,17 @@ def rank_for_ratio(ratio: float | None, m: int, n: int) -> int:
     return min(k, max(1, int(math.floor(ratio * k))))
 
 
-def sym_eig_desc(g: Tensor, top: int | None = None) -> tuple[Tensor, Tensor]:
+def sym_eig_desc(g: Tensor) -> tuple[Tensor, Tensor]:
     """Eigen-decomposition of symmetric ``g`` (…, K, K) in float64, eigenvalues descending.
 
-    Returns ``(evals (…, T), evecs (…, K, T))``; columns of ``evecs`` follow ``evals``. T = K, or
-    ``top`` when given and the route computes subsets (CPU LAPACK; the torch route always returns
-    all K). Batches are decomposed in one call or one by one according to :data:`BATCHED_EIGH`
-    (torch route) or one by one (LAPACK route)."""
+    Returns ``(evals (…, K), evecs (…, K, K))``; columns of ``evecs`` follow ``evals``. Batches are
+    decomposed one by one (LAPACK route) or in one call or one by one according to
+    :data:`BATCHED_EIGH` (torch route)."""
     g = g.to(torch.float64)
     if spectral_route(g.device) == "cpu-lapack":
         flat = g.reshape(-1, *g.shape[-2:])
-        parts = [_eigh_np_desc(flat[b].numpy().copy(order="F"), top, lower=True) for b in range(flat.shape[0])]
-        cols = parts[0][0].shape[0]
-        evals = torch.stack([p[0] for p in parts]).reshape(*g.shape[:-2], cols)
-        evecs = torch.stack([p[1] for p in parts]).reshape(*g.shape[:-1], cols)
-        return evals, evecs
+        return _eigh_np_batch([flat[b].numpy().copy(order="F") for b in range(flat.shape[0])],
+                              tuple(g.shape[:-2]), None, lower=True)
     if g.ndim > 2 and not BATCHED_EIGH.get(g.device.type, False):
         flat = g.reshape(-1, *g.shape[-2:])
         parts = [torch.linalg.eigh(flat[b]) for b in range(flat.shape[0])]
@@ -208,9 +214,8 @@ def gram_eigh(x: Tensor, rank: int | None = None) -> tuple[Tensor, Tensor, str]:
     cols = eig_columns(min(m, n), rank, x.device)
     if spectral_route(x.device) == "cpu-lapack":
         flat = x.reshape(-1, m, n)
-        parts = [_eigh_np_desc(_gram_np(flat[b], side), cols, lower=False) for b in range(flat.shape[0])]
-        evals = torch.stack([p[0] for p in parts]).reshape(*x.shape[:-2], cols)
-        q = torch.stack([p[1] for p in parts]).reshape(*x.shape[:-2], min(m, n), cols)
+        evals, q = _eigh_np_batch([_gram_np(flat[b], side) for b in range(flat.shape[0])],
+                                  tuple(x.shape[:-2]), cols, lower=False)
     else:
         x64 = x.to(torch.float64)
         g = x64.mT @ x64 if side == "right" else x64 @ x64.mT

@@ -174,14 +174,14 @@ def merge_many(
             yield hp, merged
         return
     # consecutive points that differ only in the method's free hyperparameters form one group
-    groups: list[list[dict[str, Any]]] = []
+    groups: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []  # (fixed hyperparameters, points)
     for hp in points:
         fixed = {k: v for k, v in hp.items() if k not in spec.sweep_free}
-        if groups and {k: v for k, v in groups[-1][0].items() if k not in spec.sweep_free} == fixed:
-            groups[-1].append(hp)
+        if groups and groups[-1][0] == fixed:
+            groups[-1][1].append(hp)
         else:
-            groups.append([hp])
-    for group in groups:
+            groups.append((fixed, [hp]))
+    for _, group in groups:
         results = spec.sweep(ts, use, group)
         for hp in group:
             with torch.no_grad():

@@ -213,9 +213,9 @@ def test_merge_many_groups_alpha_and_eta_points(base, specs, monkeypatch):
     calls = []
     real = r2m_module._residual_sum
 
-    def counting(ts, prep, key, taus):
+    def counting(prep, key, taus):
         calls.append(key)
-        return real(ts, prep, key, taus)
+        return real(prep, key, taus)
 
     monkeypatch.setattr(r2m_module, "_residual_sum", counting)
     grid = [

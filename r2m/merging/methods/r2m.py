@@ -96,6 +96,9 @@ DEFAULTS = {
     "block_weighting": "none",
 }
 
+#: Hyperparameters that only scale the residual term: a sweep over them shares everything else.
+SWEEP_FREE = ("alpha", "eta")
+
 #: Relative size (to max_i ‖τ_i‖) under which a residual norm counts as zero.
 ZERO_TOL = 1e-5
 
@@ -242,7 +245,7 @@ def _eta_value(prep: _Prepared, alpha: float, eta: str) -> float:
     return alpha * prep.core_norm
 
 
-def _residual_sum(ts: TaskSet, prep: _Prepared, key: str, taus: Tensor) -> Tensor:
+def _residual_sum(prep: _Prepared, key: str, taus: Tensor) -> Tensor:
     """Σ_i w_i LR(ρ_i[key]) for a truncated block matrix (ρ_i computed exactly as in pass 2)."""
     rho = _combine(prep.sub.residual, taus)
     q, side = prep.factors(key, rho)
@@ -256,7 +259,7 @@ def _output(
     sub = prep.sub
     if key in prep.truncated and eta_value != 0.0:
         if res_sum is None:
-            res_sum = _residual_sum(ts, prep, key, taus)
+            res_sum = _residual_sum(prep, key, taus)
         delta = _combine(sub.core, taus) + eta_value * res_sum
     else:
         flat_coeffs = sub.core + eta_value * (sub.residual.mT @ prep.weights) if eta_value != 0.0 else sub.core
@@ -295,14 +298,13 @@ def r2m_sweep(
     truncated block matrix is computed once for the group (one backbone held) and each point is
     θ0 + τ_core + η S — the same operations as :func:`r2m_merge`, so each result equals a separate
     merge bit for bit. Yields in the order of ``points``."""
-    first = _hp(points[0])
-    shared = {name: first[name] for name in ("k", "center", "residual", "rank_ratio", "norm_match", "block_weighting")}
+    shared = {name: v for name, v in _hp(points[0]).items() if name not in SWEEP_FREE}
     prep = _prepare(ts, cache, **shared)
     etas = [_eta_value(prep, float(p["alpha"]), p["eta"]) for p in points]
     sums: dict[str, Tensor] = {}
     if any(e != 0.0 for e in etas):
         for key in ts.keys_loop(prep.truncated, desc="r2m residual sums"):
-            sums[key] = _residual_sum(ts, prep, key, ts.task_vectors(key))
+            sums[key] = _residual_sum(prep, key, ts.task_vectors(key))
     for eta_value in etas:
         yield {key: _output(ts, prep, eta_value, key, ts.task_vectors(key), sums.get(key))
                for key in ts.keys_loop(desc="r2m output")}
@@ -340,4 +342,4 @@ def _run(ts: TaskSet, cache: DecompositionCache | None, **hp) -> dict[str, Tenso
 
 
 SPEC = MethodSpec("r2m", _run, DEFAULTS, _check, uses_cache=True, summary="real core + truncated, norm-matched residuals",
-                  sweep=r2m_sweep, sweep_free=("alpha", "eta"))
+                  sweep=r2m_sweep, sweep_free=SWEEP_FREE)
