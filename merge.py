@@ -19,6 +19,10 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="merge")
 def main(cfg: DictConfig) -> float:
+    if cfg.get("search") is not None:  # hparams_search=<...>: an Optuna study run in this process
+        from r2m.search import run_search_from_config
+
+        return run_search_from_config(cfg)
     from r2m.pipeline import run_merge_from_config
 
     return run_merge_from_config(cfg)

@@ -1,0 +1,607 @@
+"""Hyperparameter search over a merge method's space with current Optuna (TPE), in one process.
+
+    python merge.py hparams_search=r2m_optuna specialists=<folder>            # 20 TPE trials
+    python merge.py hparams_search=r2m_optuna specialists=<folder> search.n_trials=40   # resume, 20 more
+
+Every trial merges the specialists with the trial's hyperparameters *in this process*, from the
+warm :class:`~r2m.merging.DecompositionCache` (the SVDs of the first trial serve all later ones),
+and is scored on the **validation AUC** of the merged model (the carved validation videos of the
+training families — never a test set). The study lives in an Optuna storage (SQLite through
+SQLAlchemy by default, any SQLAlchemy URL, or a journal file), so re-running the same command
+resumes it: ``search.n_trials`` is the number of *complete* trials the study should end with.
+
+Outputs in ``search.dir``: ``study.db`` (default storage), ``trials.csv`` (one row per trial, read
+from the storage after every trial, so it always matches it), ``trials/<number>/`` (each trial's
+tables), ``best.json`` (the trial with the highest validation AUC, its full hyperparameters and —
+``search.test_best`` — the test metrics of that one point) and ``best/`` (its merged file and
+tables). With ``logger=wandb`` every trial is one W&B run (``job_type=merge``, group = the study
+name, ``val/auc``), and the best point's run carries the test metrics and the trial table.
+
+Determinism: trial ``n`` is sampled by a TPE sampler seeded with ``seed + n`` over the trials
+stored so far, so a search stopped after 5 trials and resumed to 10 samples the same points as an
+uninterrupted 10-trial search. One process per study: trials another process left ``RUNNING`` are
+marked failed when a search resumes.
+
+The Optuna part (:func:`parse_search`, :func:`run_search`) only needs a ``runner`` (see
+:class:`TrialRunner`); :class:`PipelineRunner` is the one that merges and evaluates.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from r2m.utils import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Param",
+    "SearchSpec",
+    "TrialOutcome",
+    "TrialRunner",
+    "parse_search",
+    "open_storage",
+    "run_search",
+    "run_search_from_config",
+]
+
+_SPACE_ATTR = "r2m_search_identity"
+
+
+# --------------------------------------------------------------------------------------------
+# the search space
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched hyperparameter: ``kind`` is ``choice`` (``choices``), ``float`` or ``int``
+    (``low``/``high``, optional ``log`` scale and ``step``)."""
+
+    name: str
+    kind: str
+    choices: tuple[Any, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+
+    def suggest(self, trial: Any) -> Any:
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high), step=self.step, log=self.log)
+
+    def describe(self) -> dict[str, Any]:
+        if self.kind == "choice":
+            return {"choice": list(self.choices)}
+        out: dict[str, Any] = {"interval" if self.kind == "float" else "int": [self.low, self.high]}
+        if self.log:
+            out["log"] = True
+        if self.step is not None:
+            out["step"] = self.step
+        return out
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A parsed ``search:`` block (see ``configs/hparams_search/r2m_optuna.yaml``)."""
+
+    method: str
+    params: tuple[Param, ...]
+    fixed: Mapping[str, Any]
+    study_name: str
+    directory: Path
+    storage: str | None = None
+    n_trials: int = 20
+    seed: int = 1024
+    n_startup_trials: int = 5
+    multivariate: bool = True
+    test_best: bool = True
+    save_best: bool = True
+
+    def space(self) -> dict[str, Any]:
+        return {p.name: p.describe() for p in self.params}
+
+
+def _num(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise ValueError(f"search.params.{key}: bounds must be finite numbers, got {value!r}")
+    return value
+
+
+def parse_param(name: str, entry: Any) -> Param:
+    """``{choice: [...]}``, ``{interval: [lo, hi], log?: bool, step?: float}`` or
+    ``{int: [lo, hi], log?: bool, step?: int}``; ``ValueError`` naming ``search.params.<name>``."""
+    where = f"search.params.{name}"
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"{where}: expected a mapping {{choice: [...]}} / {{interval: [lo, hi]}} / {{int: [lo, hi]}}, "
+                         f"got {entry!r}")
+    kinds = [k for k in ("choice", "interval", "int") if k in entry]
+    extra = sorted(set(entry) - {"choice", "interval", "int", "log", "step"})
+    if len(kinds) != 1 or extra:
+        raise ValueError(f"{where}: give exactly one of choice / interval / int (and optionally log, step); got keys "
+                         f"{sorted(entry)}")
+    kind = kinds[0]
+    if kind == "choice":
+        choices = entry["choice"]
+        if isinstance(choices, (str, bytes)) or not isinstance(choices, Sequence) or len(choices) == 0:
+            raise ValueError(f"{where}.choice: expected a non-empty list, got {choices!r}")
+        if "log" in entry or "step" in entry:
+            raise ValueError(f"{where}: log / step apply to interval and int ranges only")
+        if len(set(map(repr, choices))) != len(choices):
+            raise ValueError(f"{where}.choice: duplicate values in {list(choices)!r}")
+        return Param(name, "choice", choices=tuple(choices))
+    bounds = entry[kind]
+    if isinstance(bounds, (str, bytes)) or not isinstance(bounds, Sequence) or len(bounds) != 2:
+        raise ValueError(f"{where}.{kind}: expected [low, high], got {bounds!r}")
+    low, high = (_num(name, b) for b in bounds)
+    if not low < high:
+        raise ValueError(f"{where}.{kind}: low must be < high, got [{low}, {high}]")
+    log_scale = bool(entry.get("log", False))
+    if log_scale and low <= 0:
+        raise ValueError(f"{where}: a log range needs low > 0, got {low}")
+    step = entry.get("step")
+    if step is not None:
+        step = _num(name, step)
+        if step <= 0 or log_scale:
+            raise ValueError(f"{where}.step: must be > 0 and cannot be combined with log, got {step}")
+    if kind == "int" and not all(float(b).is_integer() for b in (low, high)):
+        raise ValueError(f"{where}.int: bounds must be integers, got [{low}, {high}]")
+    return Param(name, "float" if kind == "interval" else "int", low=low, high=high, log=log_scale, step=step)
+
+
+def parse_search(search: Mapping[str, Any], method: str, fixed: Mapping[str, Any]) -> SearchSpec:
+    """Validate a ``search:`` block against ``method``'s hyperparameters before any work.
+
+    ``fixed`` are the method's other hyperparameters (the ``merge:`` config); every corner of the
+    space is checked with the method's own value checks, so an impossible range fails here."""
+    from r2m.merging.registry import method_defaults, resolve_hparams
+
+    known = {"study_name", "dir", "storage", "n_trials", "seed", "sampler", "params", "test_best", "save_best"}
+    unknown = sorted(set(search) - known)
+    if unknown:
+        raise ValueError(f"search: unknown key(s) {unknown}; valid: {sorted(known)}")
+    params_cfg = search.get("params") or {}
+    if not isinstance(params_cfg, Mapping) or not params_cfg:
+        raise ValueError("search.params: give at least one hyperparameter to search")
+    defaults = method_defaults(method)
+    params = []
+    for name, entry in params_cfg.items():
+        if name not in defaults:
+            raise ValueError(f"search.params.{name}: {method} has no hyperparameter {name!r}; valid: "
+                             f"{', '.join(defaults)}")
+        params.append(parse_param(str(name), entry))
+    fixed = {k: v for k, v in dict(fixed).items() if k not in params_cfg}
+    for p in params:  # every end of every range must be a valid value for the method
+        values = list(p.choices) if p.kind == "choice" else [p.low, p.high]
+        if p.kind == "int":
+            values = [int(v) for v in values]
+        for v in values:
+            try:
+                resolve_hparams(method, {**fixed, p.name: v})
+            except ValueError as exc:
+                raise ValueError(f"search.params.{p.name}: value {v!r} is not valid: {exc}") from None
+    n_trials = search.get("n_trials", 20)
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise ValueError(f"search.n_trials: expected an integer ≥ 1, got {n_trials!r}")
+    sampler = dict(search.get("sampler") or {})
+    bad = sorted(set(sampler) - {"seed", "n_startup_trials", "multivariate"})
+    if bad:
+        raise ValueError(f"search.sampler: unknown key(s) {bad}; valid: seed, n_startup_trials, multivariate")
+    seed = sampler.get("seed", search.get("seed", 1024))
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"search.sampler.seed: expected an integer, got {seed!r}")
+    study_name = search.get("study_name")
+    if not study_name or not isinstance(study_name, str):
+        raise ValueError(f"search.study_name: expected a non-empty string, got {study_name!r}")
+    if not search.get("dir"):
+        raise ValueError("search.dir: the folder of the study's outputs is not set")
+    return SearchSpec(
+        method=method,
+        params=tuple(params),
+        fixed=fixed,
+        study_name=study_name,
+        directory=Path(str(search["dir"])),
+        storage=search.get("storage"),
+        n_trials=n_trials,
+        seed=seed,
+        n_startup_trials=int(sampler.get("n_startup_trials", 5)),
+        multivariate=bool(sampler.get("multivariate", True)),
+        test_best=bool(search.get("test_best", True)),
+        save_best=bool(search.get("save_best", True)),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# storage and the study
+# --------------------------------------------------------------------------------------------
+
+
+def open_storage(storage: str | None, directory: Path) -> Any:
+    """An Optuna storage: ``None`` → SQLite ``<directory>/study.db``; ``journal:<file>`` (or a
+    ``.log``/``.jsonl`` file) → a journal file; anything else is an SQLAlchemy URL."""
+    import optuna
+
+    if storage is None:
+        directory.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(f"sqlite:///{(directory / 'study.db').resolve()}")
+    text = str(storage)
+    if text.startswith("journal:") or text.endswith((".log", ".jsonl")):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(text.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    if "://" not in text:
+        raise ValueError(f"search.storage: {text!r} is neither an SQLAlchemy URL (sqlite:///file.db, "
+                         "postgresql://...) nor a journal file (journal:<file>)")
+    if text.startswith("sqlite:///"):
+        Path(text.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(text)
+
+
+def _fail_stale(study: Any) -> list[int]:
+    """Mark trials left RUNNING by an earlier (crashed / killed) process as failed."""
+    from optuna.trial import TrialState
+
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    for t in stale:
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        log.warning("search: trial %d was left RUNNING by an earlier process; marked FAIL", t.number)
+    return [t.number for t in stale]
+
+
+def _sampler(spec: SearchSpec, number: int) -> Any:
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():  # multivariate TPE is flagged experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=spec.seed + number, n_startup_trials=spec.n_startup_trials,
+                                          multivariate=spec.multivariate)
+
+
+# --------------------------------------------------------------------------------------------
+# trials
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrialOutcome:
+    """What a runner returns for one point: the validation AUC it is chosen on, and the test
+    metrics per split when the point was tested."""
+
+    val_auc: float
+    test: dict[str, dict[str, float]] | None = None
+    merged_path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TrialRunner(Protocol):
+    """Merges and evaluates one point; the search calls it once per trial, in process."""
+
+    def identity(self) -> dict[str, Any]:
+        """What the study's numbers depend on besides the space (specialists, base, data), stored
+        with the study; a resume with a different identity is refused."""
+
+    def run(self, name: str, hparams: Mapping[str, Any], out_dir: Path, *, test: bool, save: bool,
+            wandb_run: Any | None) -> TrialOutcome:
+        """Merge with ``hparams`` (the method's full hyperparameters), evaluate on the validation
+        split (and the test sets when ``test``), write tables into ``out_dir``."""
+
+
+def trial_name(spec: SearchSpec, number: int, hparams: Mapping[str, Any]) -> str:
+    from r2m.pipeline import job_display_name
+
+    return f"{spec.study_name}-{number:03d} {job_display_name(spec.method, hparams)}"
+
+
+def _trial_rows(study: Any, spec: SearchSpec) -> list[dict[str, Any]]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        row: dict[str, Any] = {
+            "number": t.number,
+            "state": t.state.name,
+            "val_auc": t.value if t.values else None,
+            **{f"param/{p.name}": t.params.get(p.name) for p in spec.params},
+            "name": t.user_attrs.get("name"),
+            "duration_s": round(t.duration.total_seconds(), 3) if t.duration else None,
+            "dir": t.user_attrs.get("dir"),
+        }
+        rows.append(row)
+    return rows
+
+
+def write_trials_table(study: Any, spec: SearchSpec) -> Path:
+    rows = _trial_rows(study, spec)
+    columns = list(rows[0]) if rows else ["number", "state", "val_auc"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    return atomic_write_text(spec.directory / "trials.csv", buf.getvalue())
+
+
+@dataclass
+class SearchResult:
+    study: Any
+    best: dict[str, Any]
+    ran: list[int]
+
+
+def _wandb_config(spec: SearchSpec, number: int | str, hparams: Mapping[str, Any],
+                  identity: Mapping[str, Any]) -> dict[str, Any]:
+    return {"merge/method": spec.method, **{f"merge/{k}": v for k, v in hparams.items()},
+            "search/study": spec.study_name, "search/trial": number,
+            "specialists": identity.get("specialists")}
+
+
+def run_search(spec: SearchSpec, runner: TrialRunner, *, wandb_init: Any | None = None) -> SearchResult:
+    """Run (or resume) the study until it holds ``spec.n_trials`` complete trials, then write
+    ``best.json`` (and evaluate the best point on the test sets when ``spec.test_best``).
+
+    ``wandb_init(name, group, config, dir) -> run | None`` opens one W&B run per trial (None: no
+    W&B). A failing trial is stored as FAIL, the tables are written, and the error propagates."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from r2m.merging.registry import resolve_hparams
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec.directory.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(spec.storage, spec.directory)
+    study = optuna.create_study(study_name=spec.study_name, storage=storage, direction="maximize",
+                                load_if_exists=True, sampler=_sampler(spec, 0))
+    identity = {"method": spec.method, "space": spec.space(), "fixed": dict(spec.fixed), **runner.identity()}
+    identity = json.loads(json.dumps(identity, default=str))
+    stored = study.user_attrs.get(_SPACE_ATTR)
+    if stored is None:
+        study.set_user_attr(_SPACE_ATTR, identity)
+    elif stored != identity:
+        diff = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+        raise ValueError(f"search: study {spec.study_name!r} in {spec.storage or spec.directory / 'study.db'} was "
+                         f"created with a different {', '.join(diff)}; resume it with the same settings or choose "
+                         "a new search.study_name")
+    _fail_stale(study)
+
+    def n_complete() -> int:
+        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+    done = n_complete()
+    if done:
+        log.info("search: resuming study %r with %d complete trial(s)", spec.study_name, done)
+    ran: list[int] = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=spec.n_trials, initial=min(done, spec.n_trials), desc=f"search {spec.study_name}", unit="trial")
+    try:
+        while n_complete() < spec.n_trials:
+            number = len(study.get_trials(deepcopy=False))
+            study.sampler = _sampler(spec, number)
+            trial = study.ask()
+            point = {p.name: p.suggest(trial) for p in spec.params}
+            hparams = resolve_hparams(spec.method, {**spec.fixed, **point})
+            name = trial_name(spec, trial.number, hparams)
+            out_dir = spec.directory / "trials" / f"{trial.number:04d}"
+            trial.set_user_attr("name", name)
+            trial.set_user_attr("dir", str(out_dir))
+            trial.set_user_attr("hparams", json.loads(json.dumps(hparams, default=str)))
+            run = wandb_init(name, spec.study_name, _wandb_config(spec, trial.number, hparams, identity), out_dir) \
+                if wandb_init else None
+            try:
+                outcome = runner.run(name, hparams, out_dir, test=False, save=False, wandb_run=run)
+                if not math.isfinite(outcome.val_auc):
+                    raise ValueError(f"search: trial {trial.number} ({name}) gave validation AUC {outcome.val_auc}")
+            except BaseException:
+                study.tell(trial, state=TrialState.FAIL)
+                if run is not None:
+                    run.finish(exit_code=1)
+                raise
+            study.tell(trial, outcome.val_auc)
+            if run is not None:
+                run.summary["val/auc"] = outcome.val_auc
+                run.finish()
+            ran.append(trial.number)
+            bar.update(1)
+            bar.set_postfix(best=f"{study.best_value:.4f}")
+            write_trials_table(study, spec)
+    finally:
+        bar.close()
+        if study.get_trials(deepcopy=False):
+            write_trials_table(study, spec)
+    best = _write_best(study, spec, runner, identity, wandb_init)
+    return SearchResult(study=study, best=best, ran=ran)
+
+
+def _write_best(study: Any, spec: SearchSpec, runner: TrialRunner, identity: Mapping[str, Any],
+                wandb_init: Any | None) -> dict[str, Any]:
+    bt = study.best_trial  # highest validation AUC; ties → the earliest trial
+    hparams = dict(bt.user_attrs["hparams"])
+    best: dict[str, Any] = {
+        "chosen_on": "val_auc",
+        "study_name": spec.study_name,
+        "number": bt.number,
+        "name": bt.user_attrs.get("name"),
+        "val_auc": bt.value,
+        "params": dict(bt.params),
+        "method": spec.method,
+        "hparams": hparams,
+        "n_complete": len([t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]),
+        "test": None,
+        "merged_path": None,
+    }
+    if spec.test_best or spec.save_best:
+        out_dir = spec.directory / "best"
+        run = wandb_init(f"{spec.study_name}-best {bt.user_attrs.get('name', '').split(' ', 1)[-1]}",
+                         spec.study_name, {**_wandb_config(spec, bt.number, hparams, identity), "search/best": True},
+                         out_dir) if wandb_init else None
+        try:
+            outcome = runner.run(str(best["name"]), hparams, out_dir, test=spec.test_best, save=spec.save_best,
+                                 wandb_run=run)
+            if outcome.val_auc != bt.value:
+                log.warning("search: re-merging trial %d gave validation AUC %r, the study stored %r: the merge or "
+                            "the evaluation is not deterministic on this device", bt.number, outcome.val_auc, bt.value)
+                best["val_auc_rerun"] = outcome.val_auc
+        except BaseException:
+            if run is not None:
+                run.finish(exit_code=1)
+            raise
+        best["test"] = outcome.test
+        best["merged_path"] = str(outcome.merged_path) if outcome.merged_path else None
+        if run is not None:
+            _log_trials_table(run, study, spec)
+            run.summary["val/auc"] = outcome.val_auc
+            for split, metrics in (outcome.test or {}).items():
+                for k, v in metrics.items():
+                    if isinstance(v, (int, float)) and math.isfinite(v):
+                        run.summary[f"test/{split}/{k}"] = float(v)
+            run.finish()
+    atomic_write_json(spec.directory / "best.json", _jsonable(best))
+    log.info("search: best trial %d (%s) val AUC %.4f", bt.number, best["name"], bt.value)
+    print(f"Best of {best['n_complete']} trials (chosen on validation AUC = {bt.value:.4f}): {best['name']}",
+          flush=True)
+    return best
+
+
+def _log_trials_table(run: Any, study: Any, spec: SearchSpec) -> None:
+    import wandb
+
+    rows = _trial_rows(study, spec)
+    columns = list(rows[0])
+    run.log({"search/trials": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows],
+                                          allow_mixed_types=True)})
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# the runner: merge + evaluate in this process (r2m.pipeline)
+# --------------------------------------------------------------------------------------------
+
+
+class PipelineRunner:
+    """Merges and evaluates points on one verified specialist set with one datamodule and one
+    warm decomposition cache (built once, reused by every trial)."""
+
+    def __init__(self, cfg: Any, method: str) -> None:
+        import hydra
+
+        from r2m.pipeline import MergePipeline, _as_list, _fill_model_inputs, collect_specialists
+
+        if not cfg.eval.validate:
+            raise ValueError("search: eval.validate=false, but trials are chosen on validation AUC")
+        self.method = method
+        specialists = collect_specialists([*_as_list(cfg.specialists), *_as_list(cfg.get("add"))])
+        _fill_model_inputs(cfg, specialists[0])
+        self.datamodule = hydra.utils.instantiate(cfg.data)
+        self.pipeline = MergePipeline(
+            specialists,
+            base=cfg.get("base"),
+            base_dirs=[cfg.paths.base_dir, *[p.parent for p in specialists]],
+            out_dir=".",
+            device=cfg.device,
+            cache_dir=cfg.get("cache_dir"),
+            accelerator=cfg.accelerator,
+            precision=cfg.get("precision"),
+            save_merged=False,
+            diagnostics=False,
+            progress=False,
+        )
+        self.pipeline.verify()
+        from omegaconf import OmegaConf
+
+        data = OmegaConf.to_container(cfg.data, resolve=True)
+        for k in ("num_workers", "batch_size", "eval_batch_size", "augment"):
+            data.pop(k, None)
+        self._identity = {
+            "specialists": [m["sha256"] for m in self.pipeline.manifest(self._job({}))["specialists"]],
+            "base_hash": self.pipeline.metas[0].get("base_hash"),
+            "data": data,
+        }
+
+    def _job(self, hparams: Mapping[str, Any], name: str | None = None):
+        from r2m.pipeline import MergeJob
+
+        return MergeJob(name=name or self.method, method=self.method, hparams=dict(hparams))
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    def run(self, name: str, hparams: Mapping[str, Any], out_dir: Path, *, test: bool, save: bool,
+            wandb_run: Any | None) -> TrialOutcome:
+        p = self.pipeline
+        job = self._job(hparams, name)
+        p.out_dir = Path(out_dir)
+        p.out_dir.mkdir(parents=True, exist_ok=True)
+        p.evals = []
+        t0 = time.perf_counter()
+        backbone, head = p.merge(job)
+        path = p.write_merged(job, backbone, head) if save else None
+        ev = p.evaluate(job.name, p.detector_with(backbone, head), self.datamodule, group="merge", test=test,
+                        validate=True, path=path, extra={"method": job.method, **job.full_hparams()})
+        del backbone
+        p.write_reports()
+        if ev.val_auc is None:
+            raise RuntimeError(f"search: the evaluation of {name} reported no val/auc")
+        outcome = TrialOutcome(val_auc=float(ev.val_auc),
+                               test=dict(ev.result.per_split) if ev.result is not None else None,
+                               merged_path=path, extra={"seconds": time.perf_counter() - t0})
+        if wandb_run is not None and ev.result is not None:
+            from r2m.evaluation import log_to_wandb
+
+            log_to_wandb(wandb_run, p.results_table(), [], prefix="merge")
+        return outcome
+
+
+def _wandb_opener(cfg: Any):
+    """``wandb_init`` for :func:`run_search` from ``cfg.logger.wandb`` (None when W&B is off)."""
+    lg = (cfg.get("logger") or {}).get("wandb") if cfg.get("logger") else None
+    if lg is None:
+        return None
+
+    def open_run(name: str, group: str, config: Mapping[str, Any], out_dir: Path) -> Any:
+        import wandb
+
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return wandb.init(project=lg.get("project", "r2m"), name=name, group=group, job_type="merge",
+                          config=dict(config), dir=str(out_dir), tags=list(lg.get("tags") or []),
+                          mode="offline" if lg.get("offline", True) else None, reinit="finish_previous")
+
+    return open_run
+
+
+def run_search_from_config(cfg: Any) -> float:
+    """``merge.py`` with a ``search:`` block: run / resume the study; returns the best validation AUC."""
+    from omegaconf import OmegaConf
+
+    merge_cfg = OmegaConf.to_container(cfg.merge, resolve=True)
+    method = merge_cfg.pop("method", None)
+    merge_cfg.pop("name", None)
+    if cfg.get("extra_methods"):
+        raise ValueError("search: extra_methods is not used by a search; set extra_methods=[]")
+    search = OmegaConf.to_container(cfg.search, resolve=True)
+    spec = parse_search(search, method, merge_cfg)
+    runner = PipelineRunner(cfg, method)
+    result = run_search(spec, runner, wandb_init=_wandb_opener(cfg))
+    return float(result.best["val_auc"])

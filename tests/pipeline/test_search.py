@@ -1,0 +1,151 @@
+"""The Optuna search (r2m/search.py) on tiny specialists and the generated fixture data: real TPE
+studies in SQLite / journal storage, resumed, read back with Optuna; the documented CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from pipeline_helpers import REPO, make_specialists, run_script
+from r2m.search import PipelineRunner, parse_search, run_search
+
+
+@pytest.fixture(scope="module")
+def specialists(tmp_path_factory) -> dict[str, Path]:
+    return make_specialists(tmp_path_factory.mktemp("specialists"))
+
+
+def _compose(root: Path, tmp: Path, *overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose("merge", overrides=[
+            "hparams_search=r2m_optuna", f"specialists={root}", f"paths.root_dir={tmp}",
+            f"paths.base_dir={root / 'base'}", "data=fixture", "device=cpu", *overrides,
+        ])
+
+
+def _spec(cfg):
+    from omegaconf import OmegaConf
+
+    merge_cfg = OmegaConf.to_container(cfg.merge, resolve=True)
+    method = merge_cfg.pop("method")
+    merge_cfg.pop("name")
+    return parse_search(OmegaConf.to_container(cfg.search, resolve=True), method, merge_cfg)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_parse_search_refuses_bad_spaces():
+    fixed = {"alpha": 0.6}
+    ok = {"study_name": "s", "dir": "d", "params": {"alpha": {"interval": [0.1, 1.0]}}}
+    spec = parse_search(ok, "r2m", fixed)
+    assert [p.name for p in spec.params] == ["alpha"] and "alpha" not in spec.fixed
+    bad = [
+        ({"params": {"alpah": {"interval": [0.1, 1.0]}}}, "alpah"),                    # not a hyperparameter
+        ({"params": {"alpha": {"interval": [1.0, 0.1]}}}, "low must be < high"),
+        ({"params": {"rank_ratio": {"choice": [0.1, 1.5]}}}, "rank_ratio: value 1.5"),  # method's own check
+        ({"params": {"rank_ratio": {"interval": [0.0, 0.3], "log": True}}}, "log range needs low > 0"),
+        ({"params": {"center": {"choice": []}}}, "non-empty list"),
+        ({"params": {"alpha": {"interval": [0.1, 1.0], "logg": True}}}, "search.params.alpha"),
+        ({"n_trials": 0}, "search.n_trials"),
+        ({"sampler": {"sed": 1}}, "search.sampler"),
+        ({"n_trial": 3}, "unknown key"),
+    ]
+    for change, message in bad:
+        with pytest.raises(ValueError, match=message):
+            parse_search({**ok, **change}, "r2m", fixed)
+
+
+def test_search_runs_resumes_and_equals_an_uninterrupted_study(specialists, tmp_path):
+    """3 trials in SQLite, resumed to 5 (no trial re-run), equal — params and validation AUCs — to
+    an uninterrupted 5-trial study in a journal file; best.json is the storage's best trial."""
+    import optuna
+
+    root = specialists["fs"].parent.parent
+    cfg = _compose(root, tmp_path, "search.n_trials=3", "search.sampler.n_startup_trials=2")
+    spec = _spec(cfg)
+    runner = PipelineRunner(cfg, spec.method)
+    first = run_search(spec, runner)
+    assert first.ran == [0, 1, 2]
+    db = spec.directory / "study.db"
+    assert db.is_file()
+    warm_svd = runner.pipeline.cache.stats["svd_computed"]
+
+    spec5 = _spec(_compose(root, tmp_path, "search.n_trials=5", "search.sampler.n_startup_trials=2"))
+    resumed = run_search(spec5, runner)
+    assert resumed.ran == [3, 4]  # the stored trials are not re-run
+
+    study = optuna.load_study(study_name=spec.study_name, storage=f"sqlite:///{db}")
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 5
+    assert all(0.0 <= t.value <= 1.0 for t in trials)
+    # one DecompositionCache serves every trial: rank ratios seen before need no new spectra
+    seen = {(t.params["center"], t.params["residual"]) for t in trials[:3]}
+    if all((t.params["center"], t.params["residual"]) in seen for t in trials[3:]):
+        assert runner.pipeline.cache.stats["svd_computed"] == warm_svd
+
+    rows = _read_csv(spec.directory / "trials.csv")
+    assert [int(r["number"]) for r in rows] == [0, 1, 2, 3, 4]
+    assert [float(r["val_auc"]) for r in rows] == [t.value for t in trials]
+    assert [float(r["param/alpha"]) for r in rows] == [t.params["alpha"] for t in trials]
+    for t in trials:
+        assert json.loads((Path(t.user_attrs["dir"]) / "summary.json").read_text())["models"][0]["val_auc"] == t.value
+
+    best = json.loads((spec.directory / "best.json").read_text())
+    assert best["number"] == study.best_trial.number and best["val_auc"] == max(t.value for t in trials)
+    assert best["chosen_on"] == "val_auc" and best["hparams"]["alpha"] == study.best_trial.params["alpha"]
+    assert set(best["test"]) >= {"in_distribution", "cross_dataset", "unseen", "overall"}
+    assert all(math.isfinite(v["auc"]) for v in best["test"].values())
+    assert Path(best["merged_path"]).is_file()
+    assert "val_auc_rerun" not in best  # re-merging the best point reproduced its validation AUC
+
+    # the same search uninterrupted, in a journal file: the same points and numbers
+    journal = tmp_path / "journal" / "study.log"
+    spec_j = _spec(_compose(root, tmp_path, "search.n_trials=5", "search.sampler.n_startup_trials=2",
+                            f"search.storage=journal:{journal}", f"search.dir={tmp_path / 'journal'}"))
+    straight = run_search(spec_j, runner)
+    assert journal.is_file() and straight.ran == [0, 1, 2, 3, 4]
+    reloaded = optuna.load_study(study_name=spec.study_name, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    assert [t.params for t in reloaded.get_trials()] == [t.params for t in trials]
+    assert [t.value for t in reloaded.get_trials()] == [t.value for t in trials]
+
+    # resuming with a different space is refused, naming what changed
+    spec_other = _spec(_compose(root, tmp_path, "search.n_trials=6", "search.sampler.n_startup_trials=2",
+                                "search.params.alpha.interval=[0.1,2.0]"))
+    with pytest.raises(ValueError, match="different space"):
+        run_search(spec_other, runner)
+
+
+def test_merge_py_hparams_search_cli(specialists, tmp_path):
+    """The documented command, twice: a fresh study, then a resume that adds one trial."""
+    import optuna
+
+    root = specialists["fs"].parent.parent
+    args = ["hparams_search=r2m_optuna", f"specialists={root}", f"paths.root_dir={tmp_path}",
+            f"paths.base_dir={root / 'base'}", "data=fixture", "device=cpu", "search.sampler.n_startup_trials=1",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = run_script("merge.py", [*args, "search.n_trials=2"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "logs" / "merge" / "search" / "r2m_rank_alpha"
+    assert "Best of 2 trials" in proc.stdout
+    proc = run_script("merge.py", [*args, "search.n_trials=3"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    study = optuna.load_study(study_name="r2m_rank_alpha", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len(_read_csv(out / "trials.csv")) == 3
+    assert json.loads((out / "best.json").read_text())["val_auc"] == study.best_value
+
+    # a bad space fails before any trial, naming the key; the study is untouched
+    proc = run_script("merge.py", [*args, "search.n_trials=4", "+search.params.alpah={interval:[0.1,1.0]}"],
+                      cwd=tmp_path)
+    assert proc.returncode != 0 and "search.params.alpah" in proc.stderr
+    assert len(optuna.load_study(study_name="r2m_rank_alpha", storage=f"sqlite:///{out / 'study.db'}").trials) == 3
