@@ -56,6 +56,12 @@ class MergeOnMultirunEnd(Callback):
         self.diagnostics = diagnostics
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        # --- sweeps helper (r2m/cluster.py): under a submitit launcher this runs as its own job after the sweep
+        from r2m.cluster import defer_to_cluster
+
+        if defer_to_cluster(self, config):
+            return
+        # --- end sweeps helper
         import hydra
 
         from r2m.checkpoints import read_metadata
@@ -107,6 +113,12 @@ class SweepSummary(Callback):
         self.choose_on = choose_on
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        # --- sweeps helper (r2m/cluster.py): under a submitit launcher this runs as its own job after the sweep
+        from r2m.cluster import defer_to_cluster
+
+        if defer_to_cluster(self, config):
+            return
+        # --- end sweeps helper
         from r2m.evaluation import ResultsTable
         from r2m.utils import atomic_write_json, atomic_write_text
 
