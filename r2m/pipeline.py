@@ -319,7 +319,8 @@ class MergePipeline:
     # --------------------------------------------------------------------------- merging
     def merge(self, job: MergeJob) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Run one merge job; returns the merged backbone and the averaged head."""
-        from r2m.merging import merge, merge_heads
+        from r2m.merging import merge_heads
+        from r2m.sweeps import planned_merge as merge  # == r2m.merging.merge unless a grouped sweep planned it
 
         if not self._verified:
             self.verify()
