@@ -11,6 +11,7 @@ carries its r2m metadata under ``checkpoint["r2m_meta"]``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,6 +38,9 @@ __all__ = [
     "verify_specialists",
     "find_base",
     "base_filename",
+    "file_sha256",
+    "file_kind",
+    "file_families",
 ]
 
 SPECIALIST_FORMAT = "r2m-specialist/1"
@@ -73,6 +77,48 @@ class LoadedCheckpoint:
 def base_filename(base_hash: str) -> str:
     """File name of a saved base θ0: ``base-<base_hash>.safetensors``."""
     return f"base-{base_hash}.safetensors"
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """sha256 of a file's bytes (streamed): the full 64 hex digits, as written in manifests."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_families(meta: Mapping[str, Any]) -> list[str]:
+    """Families a file was trained on: metadata ``families``; for files written before that key,
+    ``config.data.family`` / ``task`` (``joint`` → the config's family table, else one family)."""
+    fams = meta.get("families")
+    if isinstance(fams, (list, tuple)) and fams:
+        return [str(f) for f in fams]
+    config = meta.get("config") if isinstance(meta.get("config"), Mapping) else {}
+    data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+    family = data.get("family") or meta.get("task")
+    if family == "joint":
+        table = data.get("families") if isinstance(data.get("families"), Mapping) else {}
+        return sorted(k for k in table if k != "joint") or ["joint"]
+    return [str(family)] if family else []
+
+
+def file_kind(meta: Mapping[str, Any]) -> str:
+    """``specialist`` | ``joint`` | ``merged`` | ``base`` | ``unknown`` from a file's metadata."""
+    fmt = meta.get("format")
+    if fmt == MERGED_FORMAT or meta.get("kind") == "merged":
+        return "merged"
+    if fmt == BASE_FORMAT:
+        return "base"
+    if fmt != SPECIALIST_FORMAT:
+        return "unknown"
+    if meta.get("kind") in ("specialist", "joint"):
+        return str(meta["kind"])
+    fams = file_families(meta)
+    if len(fams) > 1 or fams == ["joint"] or meta.get("task") == "joint":
+        return "joint"
+    return "specialist"
+
 
 
 # ------------------------------------------------------------------------------------- writing

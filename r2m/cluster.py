@@ -5,11 +5,11 @@
 With the submitit launchers of ``hydra_plugins/r2m_launcher`` (``configs/hydra/launcher/slurm.yaml``)
 the launcher submits the training array, writes ``<sweep>/.submitit/r2m_sweep_jobs.json`` (job ids,
 folders) and — ``hydra.launcher.wait=false``, the default there — returns at once. The multirun-end
-callbacks (``MergeOnMultirunEnd``: merge + evaluation) then do not run in the submitting process:
-:func:`defer_to_cluster` submits each of them as one submitit job with an ``afterok`` dependency on
-the training array (SLURM ``--dependency=afterok:<array id>``), so the merges run on a compute node
-once every training job succeeded, and the login session can be left as soon as the command
-returns. The post-sweep job re-checks every training job's submitit result file before it starts
+work then does not run in the submitting process: ``MergeOnMultirunEnd`` hands its merge request to
+:func:`submit_after_sweep`, and ``SweepSummary`` (``merge.py -m``) defers itself through
+:func:`defer_to_cluster`; each becomes one submitit job with an ``afterok`` dependency on the
+sweep's array (SLURM ``--dependency=afterok:<array id>``), so the merges run on a compute node once
+every training job succeeded, and the login session can be left as soon as the command returns. The post-sweep job re-checks every training job's submitit result file before it starts
 and fails, naming the job and its log, if one did not succeed (the local executor has no
 dependencies: there the post-sweep job waits for these files instead).
 
@@ -38,6 +38,7 @@ __all__ = [
     "is_submitit",
     "record_submission",
     "read_submission",
+    "submit_post_sweep",
     "submit_after_sweep",
     "defer_to_cluster",
     "check_jobs_succeeded",
@@ -167,9 +168,9 @@ def _post_sweep_main(jobs: list[dict[str, Any]], wait_s: float, fn: Callable[...
     return fn(*args, **kwargs)
 
 
-def submit_after_sweep(config: Any, fn: Callable[..., Any], *args: Any, local_wait_s: float = 24 * 3600.0,
-                       **kwargs: Any) -> Any:
-    """Submit ``fn(*args, **kwargs)`` as one submitit job that starts after every job of the
+def submit_post_sweep(config: Any, fn: Callable[..., Any], *args: Any, local_wait_s: float = 24 * 3600.0,
+                      **kwargs: Any) -> Any:
+    """Submit ``fn(*args, **kwargs)`` (picklable) as one submitit job that starts after every job of the
     sweep (``config.hydra.sweep.dir``'s manifest) succeeded; returns the submitit job.
 
     SLURM: ``--dependency=afterok:<array id>[:<array id>...]`` (SLURM starts it; if a training job
@@ -204,6 +205,21 @@ def submit_after_sweep(config: Any, fn: Callable[..., Any], *args: Any, local_wa
     return job
 
 
+def _run_merge(request: Any, jobs: Sequence[Any], out_dir: str) -> dict[str, Any]:
+    from r2m.pipeline import run_merge
+
+    return run_merge(request, jobs, out_dir=out_dir)
+
+
+def submit_after_sweep(config: Any, request: Any, jobs: Sequence[Any], out_dir: str | os.PathLike) -> Any:
+    """``MergeOnMultirunEnd``'s cluster mode: ``run_merge(request, jobs, out_dir=out_dir)`` as a
+    post-sweep job (:func:`submit_post_sweep`); returns the submitit job."""
+    job = submit_post_sweep(config, _run_merge, request, list(jobs), str(out_dir))
+    print(f"MergeOnMultirunEnd: the merge of {len(jobs)} job(s) runs as submitit job {job.job_id} after the sweep "
+          f"→ {out_dir} (log: {job.paths.stdout})", flush=True)
+    return job
+
+
 def _run_multirun_end(callback: Any, config: Any) -> None:
     """In the post-sweep job: restore the sweep's Hydra config and run the callback."""
     from hydra.core.hydra_config import HydraConfig
@@ -214,7 +230,7 @@ def _run_multirun_end(callback: Any, config: Any) -> None:
 
 def defer_to_cluster(callback: Any, config: Any) -> bool:
     """Called first in a Hydra ``on_multirun_end``: when the sweep was launched by submitit,
-    submit ``callback.on_multirun_end(config)`` as a post-sweep job (:func:`submit_after_sweep`)
+    submit ``callback.on_multirun_end(config)`` as a post-sweep job (:func:`submit_post_sweep`)
     and return ``True`` (the caller returns); otherwise — or inside that job — ``False``."""
     if os.environ.get(_IN_POST_JOB) or not is_submitit(config):
         return False
@@ -225,7 +241,7 @@ def defer_to_cluster(callback: Any, config: Any) -> bool:
         config.hydra.sweep.dir = str(Path(str(config.hydra.sweep.dir)).resolve())
     OmegaConf.set_readonly(config, False)
     try:
-        job = submit_after_sweep(config, _run_multirun_end, callback, config)
+        job = submit_post_sweep(config, _run_multirun_end, callback, config)
     except Exception as exc:  # Hydra turns callback exceptions into warnings: exit non-zero instead
         log.exception("%s: submitting the post-sweep job failed", type(callback).__name__)
         raise SystemExit(f"{type(callback).__name__}: submitting the post-sweep job failed: {exc}") from exc

@@ -14,8 +14,10 @@ Outputs in ``search.dir``: ``study.db`` (default storage), ``trials.csv`` (one r
 from the storage after every trial, so it always matches it), ``trials/<number>/`` (each trial's
 tables), ``best.json`` (the trial with the highest validation AUC, its full hyperparameters and —
 ``search.test_best`` — the test metrics of that one point) and ``best/`` (its merged file and
-tables). With ``logger=wandb`` every trial is one W&B run (``job_type=merge``, group = the study
-name, ``val/auc``), and the best point's run carries the test metrics and the trial table.
+tables). With ``logger=wandb`` every trial is one W&B run (:class:`~r2m.report.MergeReport`:
+``job_type=merge``, the training sweep's group — else ``search-<study>`` —, tag ``study=<name>``,
+the same ``val/auc`` / ``test/...`` keys as every merge run), the best point's run has the test
+metrics, and the trial table goes to one ``merge-summary`` run.
 
 Determinism: trial ``n`` is sampled by a TPE sampler seeded with ``seed + n`` over the trials
 stored so far, so a search stopped after 5 trials and resumed to 10 samples the same points as an
@@ -297,13 +299,14 @@ class TrialRunner(Protocol):
         with the study; a resume with a different identity is refused."""
 
     def run(self, name: str, hparams: Mapping[str, Any], out_dir: Path, *, test: bool, save: bool,
-            wandb_run: Any | None) -> TrialOutcome:
+            context: Mapping[str, Any]) -> TrialOutcome:
         """Merge with ``hparams`` (the method's full hyperparameters), evaluate on the validation
-        split (and the test sets when ``test``), write tables into ``out_dir``."""
+        split (and the test sets when ``test``), write tables into ``out_dir`` (``context``: facts
+        to record with the trial, e.g. its number)."""
 
 
 def trial_name(spec: SearchSpec, number: int, hparams: Mapping[str, Any]) -> str:
-    from r2m.pipeline import job_display_name
+    from r2m.merging.jobs import job_display_name
 
     return f"{spec.study_name}-{number:03d} {job_display_name(spec.method, hparams)}"
 
@@ -342,19 +345,11 @@ class SearchResult:
     ran: list[int]
 
 
-def _wandb_config(spec: SearchSpec, number: int | str, hparams: Mapping[str, Any],
-                  identity: Mapping[str, Any]) -> dict[str, Any]:
-    return {"merge/method": spec.method, **{f"merge/{k}": v for k, v in hparams.items()},
-            "search/study": spec.study_name, "search/trial": number,
-            "specialists": identity.get("specialists")}
-
-
-def run_search(spec: SearchSpec, runner: TrialRunner, *, wandb_init: Any | None = None) -> SearchResult:
+def run_search(spec: SearchSpec, runner: TrialRunner) -> SearchResult:
     """Run (or resume) the study until it holds ``spec.n_trials`` complete trials, then write
     ``best.json`` (and evaluate the best point on the test sets when ``spec.test_best``).
 
-    ``wandb_init(name, group, config, dir) -> run | None`` opens one W&B run per trial (None: no
-    W&B). A failing trial is stored as FAIL, the tables are written, and the error propagates."""
+    A failing trial is stored as FAIL, the tables are written, and the error propagates."""
     import optuna
     from optuna.trial import TrialState
 
@@ -399,21 +394,15 @@ def run_search(spec: SearchSpec, runner: TrialRunner, *, wandb_init: Any | None 
             trial.set_user_attr("name", name)
             trial.set_user_attr("dir", str(out_dir))
             trial.set_user_attr("hparams", json.loads(json.dumps(hparams, default=str)))
-            run = wandb_init(name, spec.study_name, _wandb_config(spec, trial.number, hparams, identity), out_dir) \
-                if wandb_init else None
             try:
-                outcome = runner.run(name, hparams, out_dir, test=False, save=False, wandb_run=run)
+                outcome = runner.run(name, hparams, out_dir, test=False, save=False,
+                                     context={"search/study": spec.study_name, "search/trial": trial.number})
                 if not math.isfinite(outcome.val_auc):
                     raise ValueError(f"search: trial {trial.number} ({name}) gave validation AUC {outcome.val_auc}")
             except BaseException:
                 study.tell(trial, state=TrialState.FAIL)
-                if run is not None:
-                    run.finish(exit_code=1)
                 raise
             study.tell(trial, outcome.val_auc)
-            if run is not None:
-                run.summary["val/auc"] = outcome.val_auc
-                run.finish()
             ran.append(trial.number)
             bar.update(1)
             bar.set_postfix(best=f"{study.best_value:.4f}")
@@ -422,12 +411,14 @@ def run_search(spec: SearchSpec, runner: TrialRunner, *, wandb_init: Any | None 
         bar.close()
         if study.get_trials(deepcopy=False):
             write_trials_table(study, spec)
-    best = _write_best(study, spec, runner, identity, wandb_init)
+    best = _write_best(study, spec, runner)
+    log_trials = getattr(runner, "log_trials", None)
+    if log_trials is not None:
+        log_trials(_trial_rows(study, spec), spec.directory)
     return SearchResult(study=study, best=best, ran=ran)
 
 
-def _write_best(study: Any, spec: SearchSpec, runner: TrialRunner, identity: Mapping[str, Any],
-                wandb_init: Any | None) -> dict[str, Any]:
+def _write_best(study: Any, spec: SearchSpec, runner: TrialRunner) -> dict[str, Any]:
     bt = study.best_trial  # highest validation AUC; ties → the earliest trial
     hparams = dict(bt.user_attrs["hparams"])
     best: dict[str, Any] = {
@@ -444,45 +435,20 @@ def _write_best(study: Any, spec: SearchSpec, runner: TrialRunner, identity: Map
         "merged_path": None,
     }
     if spec.test_best or spec.save_best:
-        out_dir = spec.directory / "best"
-        run = wandb_init(f"{spec.study_name}-best {bt.user_attrs.get('name', '').split(' ', 1)[-1]}",
-                         spec.study_name, {**_wandb_config(spec, bt.number, hparams, identity), "search/best": True},
-                         out_dir) if wandb_init else None
-        try:
-            outcome = runner.run(str(best["name"]), hparams, out_dir, test=spec.test_best, save=spec.save_best,
-                                 wandb_run=run)
-            if outcome.val_auc != bt.value:
-                log.warning("search: re-merging trial %d gave validation AUC %r, the study stored %r: the merge or "
-                            "the evaluation is not deterministic on this device", bt.number, outcome.val_auc, bt.value)
-                best["val_auc_rerun"] = outcome.val_auc
-        except BaseException:
-            if run is not None:
-                run.finish(exit_code=1)
-            raise
+        name = f"{spec.study_name}-best {str(bt.user_attrs.get('name', '')).split(' ', 1)[-1]}"
+        outcome = runner.run(name, hparams, spec.directory / "best", test=spec.test_best, save=spec.save_best,
+                             context={"search/study": spec.study_name, "search/trial": bt.number, "search/best": True})
+        if outcome.val_auc != bt.value:
+            log.warning("search: re-merging trial %d gave validation AUC %r, the study stored %r: the merge or "
+                        "the evaluation is not deterministic on this device", bt.number, outcome.val_auc, bt.value)
+            best["val_auc_rerun"] = outcome.val_auc
         best["test"] = outcome.test
         best["merged_path"] = str(outcome.merged_path) if outcome.merged_path else None
-        if run is not None:
-            _log_trials_table(run, study, spec)
-            run.summary["val/auc"] = outcome.val_auc
-            for split, metrics in (outcome.test or {}).items():
-                for k, v in metrics.items():
-                    if isinstance(v, (int, float)) and math.isfinite(v):
-                        run.summary[f"test/{split}/{k}"] = float(v)
-            run.finish()
     atomic_write_json(spec.directory / "best.json", _jsonable(best))
     log.info("search: best trial %d (%s) val AUC %.4f", bt.number, best["name"], bt.value)
     print(f"Best of {best['n_complete']} trials (chosen on validation AUC = {bt.value:.4f}): {best['name']}",
           flush=True)
     return best
-
-
-def _log_trials_table(run: Any, study: Any, spec: SearchSpec) -> None:
-    import wandb
-
-    rows = _trial_rows(study, spec)
-    columns = list(rows[0])
-    run.log({"search/trials": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows],
-                                          allow_mixed_types=True)})
 
 
 def _jsonable(obj: Any) -> Any:
@@ -496,99 +462,100 @@ def _jsonable(obj: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
-# the runner: merge + evaluate in this process (r2m.pipeline)
+# the runner: merge + evaluate in this process (r2m.pipeline's pieces, prepared once)
 # --------------------------------------------------------------------------------------------
 
 
 class PipelineRunner:
-    """Merges and evaluates points on one verified specialist set with one datamodule and one
-    warm decomposition cache (built once, reused by every trial)."""
+    """Merges and evaluates points on one checked specialist pool, one prepared data module and
+    one warm decomposition cache (all built once, reused by every trial). Every trial is one
+    :class:`~r2m.report.MergeReport` (tables, ``summary.json``, one W&B run when W&B is on)."""
 
-    def __init__(self, cfg: Any, method: str) -> None:
-        import hydra
+    def __init__(self, cfg: Any, method: str, study_name: str) -> None:
+        from r2m import pipeline
+        from r2m.evaluation.evaluator import Evaluator
+        from r2m.merging import merge_heads
+        from r2m.merging.jobs import MergeJob
+        from r2m.utils import resolve_device
 
-        from r2m.pipeline import MergePipeline, _as_list, _fill_model_inputs, collect_specialists
-
-        if not cfg.eval.validate:
+        request = pipeline.request_from_config(cfg)
+        if not request.validate:
             raise ValueError("search: eval.validate=false, but trials are chosen on validation AUC")
         self.method = method
-        specialists = collect_specialists([*_as_list(cfg.specialists), *_as_list(cfg.get("add"))])
-        _fill_model_inputs(cfg, specialists[0])
-        self.datamodule = hydra.utils.instantiate(cfg.data)
-        self.pipeline = MergePipeline(
-            specialists,
-            base=cfg.get("base"),
-            base_dirs=[cfg.paths.base_dir, *[p.parent for p in specialists]],
-            out_dir=".",
-            device=cfg.device,
-            cache_dir=cfg.get("cache_dir"),
-            accelerator=cfg.accelerator,
-            precision=cfg.get("precision"),
-            save_merged=False,
-            diagnostics=False,
-            progress=False,
-        )
-        self.pipeline.verify()
-        from omegaconf import OmegaConf
+        self.study_name = study_name
+        self.request = request
+        # every check (specialists, θ0, data, validation carve) once, before the first trial
+        self.pool, self.datamodule, self.data_info = pipeline._prepare(request, [MergeJob(method, method)])
+        self.head = merge_heads(self.pool.heads())
+        self.cache = pipeline.shared_cache(request.cache_dir)
+        self.device = resolve_device(request.device)
+        self.evaluators = {test: Evaluator(self.datamodule, self.pool.paths[0], accelerator=request.accelerator,
+                                           precision=request.precision, validate=True, test=test,
+                                           progress=request.progress) for test in (False, True)}
+        wandb = request.wandb
+        if wandb is not None:
+            from dataclasses import replace
 
-        data = OmegaConf.to_container(cfg.data, resolve=True)
-        for k in ("num_workers", "batch_size", "eval_batch_size", "augment"):
-            data.pop(k, None)
+            groups = self.pool.run_groups
+            wandb = replace(wandb, group=wandb.group or (groups[0] if len(groups) == 1 else f"search-{study_name}"),
+                            tags=[*wandb.tags, f"study={study_name}"])
+        self.wandb = wandb
+        carve = (self.data_info.get("carve") or {}).get("carve") or {}
         self._identity = {
-            "specialists": [m["sha256"] for m in self.pipeline.manifest(self._job({}))["specialists"]],
-            "base_hash": self.pipeline.metas[0].get("base_hash"),
-            "data": data,
+            "specialists": [e.sha256 for e in self.pool.entries],
+            "base_hash": self.pool.base_hash,
+            "data": {"target": self.data_info.get("target"), "family": self.data_info.get("family"),
+                     "val_videos_sha256": carve.get("val_videos_sha256")},
         }
-
-    def _job(self, hparams: Mapping[str, Any], name: str | None = None):
-        from r2m.pipeline import MergeJob
-
-        return MergeJob(name=name or self.method, method=self.method, hparams=dict(hparams))
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
 
     def run(self, name: str, hparams: Mapping[str, Any], out_dir: Path, *, test: bool, save: bool,
-            wandb_run: Any | None) -> TrialOutcome:
-        p = self.pipeline
-        job = self._job(hparams, name)
-        p.out_dir = Path(out_dir)
-        p.out_dir.mkdir(parents=True, exist_ok=True)
-        p.evals = []
+            context: Mapping[str, Any]) -> TrialOutcome:
+        from dataclasses import replace
+
+        from r2m import pipeline
+        from r2m.merging import merge
+        from r2m.merging.jobs import MergeJob
+        from r2m.report import MergeReport
+
+        job = MergeJob(name=name, method=self.method, hparams=dict(hparams))
+        wandb = replace(self.wandb, dir=str(out_dir)) if self.wandb is not None else None
+        report = MergeReport(out_dir, pool_info=self.pool.describe(), wandb=wandb,
+                             context={**context, "data": self.data_info})
+        report.start()
         t0 = time.perf_counter()
-        backbone, head = p.merge(job)
-        path = p.write_merged(job, backbone, head) if save else None
-        ev = p.evaluate(job.name, p.detector_with(backbone, head), self.datamodule, group="merge", test=test,
-                        validate=True, path=path, extra={"method": job.method, **job.full_hparams()})
-        del backbone
-        p.write_reports()
-        if ev.val_auc is None:
-            raise RuntimeError(f"search: the evaluation of {name} reported no val/auc")
-        outcome = TrialOutcome(val_auc=float(ev.val_auc),
-                               test=dict(ev.result.per_split) if ev.result is not None else None,
-                               merged_path=path, extra={"seconds": time.perf_counter() - t0})
-        if wandb_run is not None and ev.result is not None:
-            from r2m.evaluation import log_to_wandb
+        try:
+            report.begin_job(job)
+            backbone = merge(self.method, self.pool.base(), self.pool.backbones(), device=self.device,
+                             cache=self.cache, names=self.pool.names, progress=False, **dict(hparams))
+            path = pipeline._write_merged(Path(out_dir), self.pool, job, backbone, self.head) if save else None
+            ev = self.evaluators[test].evaluate_state(name, backbone, self.head, group="merge", path=path,
+                                                      extra={"method": self.method, **job.full_hparams()})
+            del backbone
+            report.add(ev)
+            images = report.roc_images([ev], Path(out_dir)) if (wandb is not None and ev.result is not None) else []
+            report.end_job(job, ev, images)
+            report.context["seconds"] = round(time.perf_counter() - t0, 3)
+            report.complete()
+        except BaseException as err:
+            report.fail(err)
+            raise
+        return TrialOutcome(val_auc=float(ev.val_auc),
+                            test=dict(ev.result.per_split) if ev.result is not None else None,
+                            merged_path=path, extra={"seconds": time.perf_counter() - t0})
 
-            log_to_wandb(wandb_run, p.results_table(), [], prefix="merge")
-        return outcome
+    def log_trials(self, rows: Sequence[Mapping[str, Any]], directory: Path) -> None:
+        """The study's trial table as one W&B ``merge-summary`` run (when W&B is on)."""
+        if self.wandb is None:
+            return
+        from dataclasses import replace
 
+        from r2m.report import log_sweep_table
 
-def _wandb_opener(cfg: Any):
-    """``wandb_init`` for :func:`run_search` from ``cfg.logger.wandb`` (None when W&B is off)."""
-    lg = (cfg.get("logger") or {}).get("wandb") if cfg.get("logger") else None
-    if lg is None:
-        return None
-
-    def open_run(name: str, group: str, config: Mapping[str, Any], out_dir: Path) -> Any:
-        import wandb
-
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        return wandb.init(project=lg.get("project", "r2m"), name=name, group=group, job_type="merge",
-                          config=dict(config), dir=str(out_dir), tags=list(lg.get("tags") or []),
-                          mode="offline" if lg.get("offline", True) else None, reinit="finish_previous")
-
-    return open_run
+        log_sweep_table(replace(self.wandb, dir=str(directory)),
+                        [dict(r) for r in rows], name=f"{self.study_name} trials ({len(rows)})")
 
 
 def run_search_from_config(cfg: Any) -> float:
@@ -601,7 +568,7 @@ def run_search_from_config(cfg: Any) -> float:
     if cfg.get("extra_methods"):
         raise ValueError("search: extra_methods is not used by a search; set extra_methods=[]")
     search = OmegaConf.to_container(cfg.search, resolve=True)
-    spec = parse_search(search, method, merge_cfg)
-    runner = PipelineRunner(cfg, method)
-    result = run_search(spec, runner, wandb_init=_wandb_opener(cfg))
+    spec = parse_search(search, method, merge_cfg)  # the space is checked before anything is loaded
+    runner = PipelineRunner(cfg, method, spec.study_name)
+    result = run_search(spec, runner)
     return float(result.best["val_auc"])

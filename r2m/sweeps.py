@@ -29,7 +29,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GroupPlan", "SweepGroup", "plan_groups", "planned", "planned_merge", "active_plan"]
+__all__ = ["GroupPlan", "SweepGroup", "plan_groups", "planned", "planned_merge", "planned_jobs", "active_plan"]
 
 _ACTIVE: list[GroupPlan] = []
 
@@ -216,3 +216,15 @@ def planned_merge(method: str, base: Mapping[str, torch.Tensor], specialists: Se
         if method == plan.method:
             plan.fallbacks += 1
     return merge(method, base, specialists, **kwargs)
+
+
+def planned_jobs(run_jobs: Any, jobs: Sequence[Any], base: Mapping[str, torch.Tensor],
+                 specialists: Sequence[Mapping[str, torch.Tensor]], **kwargs: Any) -> Iterator[tuple[Any, dict]]:
+    """``run_jobs(jobs, base, specialists, **kwargs)`` (:func:`r2m.merging.jobs.run_jobs`) when no
+    group plan is active; under one, each job's θ* from :func:`planned_merge` (the group's pass for
+    its planned point, ``merge`` for anything else, e.g. ``extra_methods``), in ``jobs`` order."""
+    if active_plan() is None:
+        yield from run_jobs(jobs, base, specialists, **kwargs)
+        return
+    for job in jobs:
+        yield job, planned_merge(job.method, base, specialists, **kwargs, **dict(job.hparams))

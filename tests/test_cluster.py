@@ -23,7 +23,7 @@ from r2m.cluster import (  # noqa: E402
     _post_params,
     read_submission,
     record_submission,
-    submit_after_sweep,
+    submit_post_sweep,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def test_post_sweep_job_runs_after_the_sweep_jobs(tmp_path):
     assert [j["job_id"] for j in manifest["jobs"]] == [str(j.job_id) for j in jobs]
 
     merged = tmp_path / "merged.txt"
-    post = submit_after_sweep(_config(sweep), atomic_write_text, merged, "merged")
+    post = submit_post_sweep(_config(sweep), atomic_write_text, merged, "merged")
     assert Path(post.result()) == merged and merged.read_text() == "merged"
     # the post-sweep job started only once both sweep jobs had written their results
     for job, mark in zip(jobs, marks):
@@ -77,7 +77,7 @@ def test_post_sweep_job_fails_when_a_sweep_job_failed(tmp_path):
     missing = tmp_path / "no_such_file.txt"
     jobs = _sweep_jobs(sweep, [(atomic_write_text, tmp_path / "ok.txt", "ok"), (Path.read_text, missing)])
     merged = tmp_path / "merged.txt"
-    post = submit_after_sweep(_config(sweep), atomic_write_text, merged, "merged")
+    post = submit_post_sweep(_config(sweep), atomic_write_text, merged, "merged")
     with pytest.raises(Exception) as err:
         post.result()
     text = str(err.value)
@@ -134,7 +134,7 @@ def test_training_sweep_submits_and_leaves_the_merge_to_its_own_job(tmp_path):
     assert len(manifest["jobs"]) == 2 and (sweep / ".submitit" / SWEEP_MANIFEST).is_file()
     post = json.loads((sweep / ".submitit" / POST_MANIFEST).read_text())
     assert not Path(post["result"]).exists(), "the submitting process waited for the post-sweep job"
-    assert "MergeOnMultirunEnd: runs as submitit job" in text
+    assert "MergeOnMultirunEnd: the merge of 2 job(s) runs as submitit job" in text
 
     deadline = time.monotonic() + 1200
     while not Path(post["result"]).is_file():

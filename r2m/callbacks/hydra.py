@@ -1,11 +1,14 @@
-"""Hydra callbacks run at the end of a multirun.
+"""Hydra callbacks run at the end of a multirun — thin front ends, no silent failure.
 
-:class:`MergeOnMultirunEnd` — ``python train.py -m experiment=df40_specialist data.family=fs,fr,efs``:
-after the sweep, collect the specialist files its jobs wrote and run the merge pipeline (R²M first,
-then the baselines), so one command goes from data to the comparison table.
+:class:`MergeOnMultirunEnd` — ``python train.py -m experiment=df40_specialist data.family=fs,fr,efs,joint``:
+after the sweep, merge the specialists its jobs wrote (:func:`r2m.pipeline.run_merge`; the joint
+model is evaluated alongside, never merged), so one command goes from data to the comparison table.
 
-:class:`SweepSummary` — ``python merge.py -m ...``: combine the per-job tables into one comparison
-table across the sweep, choose the point with the best *validation* AUC and report its test table.
+:class:`SweepSummary` — ``python merge.py -m ...``: one comparison table across the sweep's jobs,
+the point chosen on *validation* AUC (``best.json``) and a sweep-level W&B table.
+
+Hydra turns an ``Exception`` raised by a callback into a warning and exits 0; these callbacks
+print the error and raise ``SystemExit(1)`` instead, so a failed merge or summary fails the command.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +32,36 @@ def _sweep_dir(config: DictConfig) -> Path:
     return Path(str(config.hydra.sweep.dir))
 
 
+def _fail(where: str, err: BaseException) -> None:
+    traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
+    print(f"[r2m] {where} failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+    log.error("%s failed: %s", where, err)
+    raise SystemExit(1) from err
+
+
+def _wandb_node(config: DictConfig) -> dict[str, Any] | None:
+    logger = config.get("logger")
+    if not logger:
+        return None
+    for node in OmegaConf.to_container(logger, resolve=True).values():
+        if isinstance(node, dict) and "wandb" in str(node.get("_target_", "")).lower():
+            return node
+    return None
+
+
 class MergeOnMultirunEnd(Callback):
     """Merge the specialists written by a training sweep, evaluate, write the comparison table.
 
     Args:
         methods: merge jobs (method names or ``{name, method, **hp}`` mappings).
-        joint_task: task name of the joint model among the sweep's outputs (evaluated, not merged).
-        eval_family: data family whose validation split is used for the merged models (``joint``
-            = the validation videos of every training family).
+        joint_task: kept for old configs; joint models are recognised by their metadata.
+        eval_family: data family the merges are validated / tested on (``joint`` = the
+            validation videos of every training family), on the specialists' recorded data.
         eval_specialists: evaluate each specialist too.
         out_subdir: output folder inside the sweep folder.
+        submit_after_sweep: cluster mode hook — instead of merging in this (submitting) process,
+            hand the prepared request to :meth:`submit` (implemented by the cluster launcher
+            support, :mod:`r2m.cluster`), e.g. a job with an ``afterok`` dependency.
     """
 
     def __init__(
@@ -47,109 +72,124 @@ class MergeOnMultirunEnd(Callback):
         eval_specialists: bool = True,
         out_subdir: str = "merge",
         diagnostics: bool = True,
+        check_carve: bool = True,
+        submit_after_sweep: bool = False,
     ) -> None:
+        from r2m.merging.jobs import jobs_from_entries
+
         self.methods = [m if isinstance(m, str) else dict(m) for m in methods]
+        self.jobs = jobs_from_entries(self.methods)
         self.joint_task = joint_task
         self.eval_family = eval_family
         self.eval_specialists = eval_specialists
         self.out_subdir = out_subdir
         self.diagnostics = diagnostics
+        self.check_carve = check_carve
+        self.submit_after_sweep = submit_after_sweep
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        # --- sweeps helper (r2m/cluster.py): under a submitit launcher this runs as its own job after the sweep
-        from r2m.cluster import defer_to_cluster
-
-        if defer_to_cluster(self, config):
-            return
-        # --- end sweeps helper
-        import hydra
-
-        from r2m.checkpoints import read_metadata
-        from r2m.pipeline import collect_specialists, merge_and_report
+    def request(self, config: DictConfig):
+        """The merge request of the sweep in ``config`` (specialists = the sweep folder)."""
+        from r2m.pipeline import MergeRequest
+        from r2m.report import WandbSettings
 
         sweep = _sweep_dir(config)
+        paths = config.get("paths") or {}
+        out_dir = sweep / self.out_subdir
+        return MergeRequest(
+            specialists=str(sweep), base_dirs=[str(paths.base_dir)] if paths.get("base_dir") else [],
+            eval_family=self.eval_family, eval_specialists=self.eval_specialists,
+            cache_dir=(Path(str(paths.cache_dir)) / "merge_cache") if paths.get("cache_dir") else None,
+            diagnostics=self.diagnostics, check_carve=self.check_carve,
+            wandb=WandbSettings.from_logger_config(_wandb_node(config), dir=str(out_dir)),
+            context={"sweep_dir": str(sweep)},
+        ), out_dir
+
+    def submit(self, config: DictConfig, request: Any, out_dir: Path) -> None:
+        """Cluster mode: run the merge as its own job (the sweeps helper's ``r2m.cluster``)."""
+        from r2m import cluster  # noqa: F401  (provided by the cluster support)
+
+        cluster.submit_after_sweep(config, request, self.jobs, out_dir)  # type: ignore[attr-defined]
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from r2m.pipeline import run_merge
+
         try:
-            files = collect_specialists(sweep)
-        except FileNotFoundError:
-            log.error("MergeOnMultirunEnd: no specialist files under %s; nothing merged", sweep)
-            return
-        by_task = {str(read_metadata(p).get("task")): p for p in files}
-        joint = by_task.pop(self.joint_task, None) if self.joint_task else None
-        if not by_task:
-            log.error("MergeOnMultirunEnd: only a joint model under %s; nothing to merge", sweep)
-            return
-        data_cfg = config.data.copy()
-        if self.eval_family is not None:
-            with open_dict(data_cfg):
-                data_cfg.family = self.eval_family
-        OmegaConf.set_readonly(data_cfg, False)
-        datamodule = hydra.utils.instantiate(data_cfg)
-        base_dirs = []
-        if "paths" in config and config.paths.get("base_dir"):
-            base_dirs.append(Path(str(config.paths.base_dir)))
-        merge_and_report(
-            list(by_task.values()),
-            self.methods,
-            datamodule,
-            out_dir=sweep / self.out_subdir,
-            joint=joint,
-            eval_specialists=self.eval_specialists,
-            base_dirs=base_dirs,
-            cache_dir=(Path(str(config.paths.cache_dir)) / "merge_cache") if "paths" in config else None,
-            diagnostics=self.diagnostics,
-        )
+            request, out_dir = self.request(config)
+            from r2m.cluster import is_submitit  # sweeps helper: submitit launcher → the merge is its own job
+
+            if self.submit_after_sweep or is_submitit(config):
+                self.submit(config, request, out_dir)
+            else:
+                run_merge(request, self.jobs, out_dir=out_dir)
+        except Exception as err:
+            _fail(f"MergeOnMultirunEnd (merge of the sweep {_sweep_dir(config)})", err)
 
 
 class SweepSummary(Callback):
     """One comparison table across a ``merge.py -m`` sweep, and the point chosen on validation.
 
-    Reads ``results.json`` and ``summary.json`` of every job folder, writes
-    ``sweep_comparison.{md,csv,json}`` (every merged model of the sweep, per split) and
-    ``best.json`` (the merged model with the highest validation AUC and its test metrics) into
-    the sweep folder. The test set is never used for the choice.
+    Reads ``summary.json`` and ``results.json`` of every job folder (a job without a complete
+    summary is an error), writes ``sweep_comparison.{md,csv,json}`` (every model once: the
+    specialists and joint model that several jobs evaluate appear once) and ``best.json`` (the
+    merge with the highest validation AUC and its test metrics) into the sweep folder, and logs
+    the sweep table to W&B when the sweep logs to W&B. The test set is never used for the choice.
     """
 
     def __init__(self, choose_on: str = "val_auc") -> None:
         self.choose_on = choose_on
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        # --- sweeps helper (r2m/cluster.py): under a submitit launcher this runs as its own job after the sweep
-        from r2m.cluster import defer_to_cluster
+        from r2m.cluster import defer_to_cluster  # sweeps helper: submitit launcher → runs as a job after the sweep
 
         if defer_to_cluster(self, config):
             return
-        # --- end sweeps helper
+        try:
+            self.summarise(config)
+        except Exception as err:
+            _fail(f"SweepSummary of {_sweep_dir(config)}", err)
+
+    def summarise(self, config: DictConfig) -> dict[str, Any] | None:
         from r2m.evaluation import ResultsTable
+        from r2m.report import WandbSettings, log_sweep_table
         from r2m.utils import atomic_write_json, atomic_write_text
 
         sweep = _sweep_dir(config)
+        job_dirs = sorted((p.parent for p in sweep.glob("*/.hydra")), key=lambda p: (len(p.name), p.name))
         combined = ResultsTable()
-        candidates = []
-        seen: set[str] = set()
-        for summary_path in sorted(sweep.glob("*/summary.json")):
-            job_dir = summary_path.parent
+        candidates: list[dict[str, Any]] = []
+        groups: set[str] = set()
+        for job_dir in job_dirs:
+            summary_path = job_dir / "summary.json"
+            if not summary_path.is_file():
+                raise RuntimeError(f"{job_dir}: no summary.json (the job did not finish)")
             summary = json.loads(summary_path.read_text())
+            if summary.get("status") != "complete":
+                raise RuntimeError(f"{summary_path}: status {summary.get('status')!r}: {summary.get('error')}")
+            if summary.get("wandb_group"):
+                groups.add(summary["wandb_group"])
             results = job_dir / "results.json"
             if results.is_file():
-                table = ResultsTable.load(results)
-                table.rows[:] = [r for r in table.rows if r["model"] not in seen]
-                combined.extend(table)
+                combined.extend(ResultsTable.load(results), skip_existing=True)
             for model in summary.get("models", []):
-                if model["name"] in seen:
-                    continue
-                seen.add(model["name"])
                 if model.get("group") == "merge":
                     candidates.append({**model, "job_dir": str(job_dir)})
         if not candidates:
-            log.warning("SweepSummary: no merged models found under %s", sweep)
-            return
+            raise RuntimeError(f"no merged models in the job folders of {sweep}")
         if combined.rows:
             combined.write_comparison(sweep, stem="sweep_comparison")
             print(f"\nSweep comparison ({sweep}):\n{combined.comparison_markdown()}\n", flush=True)
-        scored = [c for c in candidates if c.get(self.choose_on) is not None and math.isfinite(c[self.choose_on])]
+        scored = [c for c in candidates if isinstance(c.get(self.choose_on), (int, float))
+                  and math.isfinite(c[self.choose_on])]
+        settings = WandbSettings.from_logger_config(_wandb_node(config), dir=str(sweep),
+                                                    group=next(iter(groups)) if len(groups) == 1 else None)
+        rows = [{"model": c["name"], "job_dir": c["job_dir"], self.choose_on: c.get(self.choose_on),
+                 **{k: v for k, v in c.items() if k.startswith("hp/")},
+                 **{f"test/{s}/{m}": v for s, ms in (c.get("per_split") or {}).items() for m, v in ms.items()
+                    if m in ("auc", "eer")}} for c in candidates]
+        log_sweep_table(settings, rows, name=f"sweep summary ({len(rows)} merges)")
         if not scored:
             log.warning("SweepSummary: no job reported %s; no point chosen", self.choose_on)
-            return
+            return None
         best = max(scored, key=lambda c: c[self.choose_on])
         atomic_write_json(sweep / "best.json", {"chosen_on": self.choose_on, **best})
         lines = [f"Chosen on {self.choose_on} = {best[self.choose_on]:.4f}: {best['name']} ({best['job_dir']})"]
@@ -158,3 +198,4 @@ class SweepSummary(Callback):
                                                    if isinstance(v, (int, float))))
         atomic_write_text(sweep / "best.txt", "\n".join(lines) + "\n")
         print("\n".join(lines), flush=True)
+        return best

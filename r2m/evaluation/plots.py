@@ -20,9 +20,21 @@ import numpy as np
 from r2m.evaluation.splits import OVERALL, EvalResult
 from r2m.utils import atomic_write
 
-__all__ = ["plot_roc", "mean_roc"]
+__all__ = ["plot_roc", "mean_roc", "curve_style"]
 
 _GRID = np.linspace(0.0, 1.0, 1001)
+# matplotlib's tab20, dark shades first, then light shades: 20 distinct colours
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
+            "#dbdb8d", "#9edae5")
+_LINESTYLES = ("-", "--", "-.", ":")
+
+
+def curve_style(index: int) -> tuple[str, str]:
+    """``(colour, linestyle)`` of the ``index``-th curve: 20 distinct colours; the light half and
+    every further round of 20 also get their own line style, so no two of the first 80 curves
+    look alike."""
+    return _PALETTE[index % len(_PALETTE)], _LINESTYLES[(index // 10) % len(_LINESTYLES)]
 
 
 def mean_roc(curves: Sequence[tuple[np.ndarray, np.ndarray]], grid: np.ndarray = _GRID) -> np.ndarray:
@@ -55,12 +67,14 @@ def plot_roc(results: Mapping[str, EvalResult], test_splits: Mapping[str, Sequen
     out = Path(out_dir)
     paths: list[Path] = []
     for split in split_names:
-        fig = Figure(figsize=(5.5, 5.0))
+        n_models = len(results)
+        wide = n_models > 8  # legend beside the axes, so 16+ curves stay readable
+        fig = Figure(figsize=(9.0 if wide else 5.5, max(5.0, 0.22 * n_models) if wide else 5.0))
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         drawn = 0
         n_sets = 0
-        for model, res in results.items():
+        for idx, (model, res) in enumerate(results.items()):
             if split == OVERALL:
                 sets = list(res.per_set)
             else:
@@ -72,7 +86,8 @@ def plot_roc(results: Mapping[str, EvalResult], test_splits: Mapping[str, Sequen
             n_sets = max(n_sets, len(sets))
             aucs = [res.per_set[n]["auc"] for n in sets]
             mean_auc = float(np.mean(aucs))
-            line = ax.plot(_GRID, mean_roc([res.roc[n] for n in sets]), lw=2,
+            colour, style = curve_style(idx)
+            line = ax.plot(_GRID, mean_roc([res.roc[n] for n in sets]), lw=1.8, color=colour, ls=style,
                            label=f"{model} (AUC {mean_auc:.3f})")[0]
             if per_set and len(sets) > 1:
                 for n in sets:
@@ -89,7 +104,10 @@ def plot_roc(results: Mapping[str, EvalResult], test_splits: Mapping[str, Sequen
         ax.set_ylabel("true positive rate (fake detected)")
         ax.set_title(f"ROC — {split} (mean over {n_sets} test set{'s' if n_sets != 1 else ''})")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        if wide:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
+        else:
+            ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
         path = out / f"{stem}_{_safe(split)}.png"
         atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi))

@@ -124,13 +124,16 @@ class ResultsTable:
         self._rows.extend(rows)
         self._models.append(ident)
 
-    def extend(self, other: ResultsTable) -> None:
-        """Append all models of ``other`` (a duplicate model/group raises ``ValueError``)."""
+    def extend(self, other: ResultsTable, skip_existing: bool = False) -> None:
+        """Append all models of ``other``. A model/group already in the table raises
+        ``ValueError``, or is left out with ``skip_existing`` (e.g. the specialists every job of a
+        sweep evaluates again)."""
         dup = [m for m in other._models if m in self._models]
-        if dup:
+        if dup and not skip_existing:
             raise ValueError(f"models already in the table: {dup}")
-        self._rows.extend(dict(r) for r in other._rows)
-        self._models.extend(other._models)
+        new = [m for m in other._models if m not in self._models]
+        self._rows.extend(dict(r) for r in other._rows if (r["model"], r.get("group")) in set(new))
+        self._models.extend(new)
 
     @property
     def models(self) -> list[tuple[str, str | None]]:

@@ -11,7 +11,8 @@ import torch
 from pipeline_helpers import make_specialists, run_script
 from r2m.checkpoints import load_checkpoint, read_metadata, save_specialist
 from r2m.merging import LazySafetensors, merge, merge_heads
-from r2m.pipeline import MergePipeline, collect_specialists, jobs_from_entries
+from r2m.merging.jobs import jobs_from_entries
+from r2m.pipeline import MergeRequest, run_merge, run_merge_outcome
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +36,14 @@ def _merged_reference(paths, method, **hp):
     return merge(method, base, backbones, device="cpu", **hp), merge_heads(heads)
 
 
-def test_collect_specialists_folder_glob_and_errors(specialists, tmp_path):
-    root = specialists["fs"].parent.parent
-    assert collect_specialists(root) == sorted(p.resolve() for p in specialists.values())
-    assert collect_specialists(str(root / "f*")) == sorted(p.resolve() for t, p in specialists.items() if t.startswith("f"))
-    with pytest.raises(FileNotFoundError, match="nothing-here"):
-        collect_specialists(tmp_path / "nothing-here")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no specialist files"):
-        collect_specialists(tmp_path / "empty")
+def _request(paths, tmp_path, **kw):
+    base_dir = Path(paths[0]).parent.parent / "base"
+    kw.setdefault("base_dirs", [base_dir])
+    kw.setdefault("device", "cpu")
+    kw.setdefault("progress", False)
+    kw.setdefault("validate", False)
+    kw.setdefault("test", False)
+    return MergeRequest(specialists=[str(p) for p in paths], **kw)
 
 
 def test_jobs_validate_methods_and_hparams():
@@ -60,13 +60,15 @@ def test_jobs_validate_methods_and_hparams():
 def test_pipeline_merges_evaluates_and_writes(specialists, fixture_dm, tmp_path):
     paths = [specialists[t] for t in ("efs", "fr", "fs")]
     out = tmp_path / "out"
-    pipe = MergePipeline(paths, base_dirs=[paths[0].parent.parent / "base"], out_dir=out, device="cpu",
-                         cache_dir=tmp_path / "cache", progress=False)
-    pipe.run(jobs_from_entries(["r2m", "average"]), fixture_dm, eval_specialists=True)
-    written = pipe.write_reports()
-    names = [e.name for e in pipe.evals]
+    request = _request(paths, tmp_path, cache_dir=tmp_path / "cache", datamodule=fixture_dm, validate=True,
+                       test=True, eval_specialists=True, check_carve=False)
+    outcome = run_merge_outcome(request, jobs_from_entries(["r2m", "average"]), out_dir=out)
+    written = outcome.written
+    evals = outcome.report.evals
+    names = [e.name for e in evals]
     assert names == ["specialist:efs", "specialist:fr", "specialist:fs", "r2m", "average"]
-    for ev in pipe.evals:
+    assert outcome.val_aucs == {e.name: e.val_auc for e in evals if e.group == "merge"}
+    for ev in evals:
         assert ev.val_auc is not None and 0.0 <= ev.val_auc <= 1.0
         assert set(ev.result.per_split) >= {"in_distribution", "cross_dataset", "unseen", "overall"}
     # merged file = the library's merge + averaged head, bit for bit
@@ -78,7 +80,9 @@ def test_pipeline_merges_evaluates_and_writes(specialists, fixture_dm, tmp_path)
     assert ck.meta["method"] == "r2m" and ck.meta["hparams"]["alpha"] == 0.6
     manifest = json.loads((out / "merged" / "r2m" / "manifest.json").read_text())
     assert [s["task"] for s in manifest["specialists"]] == ["efs", "fr", "fs"]
-    assert all(len(s["sha256"]) == 16 for s in manifest["specialists"])
+    assert all(len(s["sha256"]) == 64 and int(s["sha256"], 16) >= 0 for s in manifest["specialists"])
+    assert json.loads((out / "summary.json").read_text())["status"] == "complete"
+    assert not (out / "FAILED").exists()
     for key in ("table_csv", "table_json", "table_md", "comparison_md", "summary"):
         assert written[key].is_file(), key
     comparison = (out / "comparison.md").read_text()
@@ -92,9 +96,8 @@ def test_merge_is_bit_identical_on_rerun(specialists, tmp_path):
     paths = [specialists[t] for t in ("fs", "fr")]
     outs = []
     for i in range(2):
-        pipe = MergePipeline(paths, base_dirs=[paths[0].parent.parent / "base"], out_dir=tmp_path / str(i),
-                             device="cpu", diagnostics=False, progress=False)
-        pipe.run(jobs_from_entries(["r2m", "ties", "dare"]))
+        run_merge(_request(paths, tmp_path, diagnostics=False), jobs_from_entries(["r2m", "ties", "dare"]),
+                  out_dir=tmp_path / str(i))
         outs.append({j: load_checkpoint(tmp_path / str(i) / "merged" / j / "merged.safetensors").backbone
                      for j in ("r2m", "ties", "dare")})
     for job in outs[0]:
@@ -125,10 +128,9 @@ def test_pipeline_refuses_bad_specialists_and_writes_nothing(specialists, tmp_pa
 
     bad = _corrupt_copy(specialists["fr"], tmp_path / "bad" / "specialist.safetensors", mutate)
     out = tmp_path / "out"
-    pipe = MergePipeline([specialists["fs"], bad], base_dirs=[specialists["fs"].parent.parent / "base"],
-                         out_dir=out, device="cpu", progress=False)
     with pytest.raises(ValueError) as err:
-        pipe.run(jobs_from_entries(["r2m"]))
+        run_merge(_request([specialists["fs"], bad], tmp_path, base_dirs=[specialists["fs"].parent.parent / "base"]),
+                  jobs_from_entries(["r2m"]), out_dir=out)
     message = str(err.value)
     assert "bad" in message or str(bad) in message
     if kind != "base_hash":
@@ -138,35 +140,35 @@ def test_pipeline_refuses_bad_specialists_and_writes_nothing(specialists, tmp_pa
 
 def test_pipeline_refuses_wrong_base(specialists, tmp_path):
     other = make_specialists(tmp_path / "other", tasks=("fs",), seed=5)
-    pipe = MergePipeline([specialists["fs"]], base=next((tmp_path / "other" / "base").glob("*.safetensors")),
-                         out_dir=tmp_path / "out", device="cpu", progress=False)
+    request = _request([specialists["fs"], specialists["fr"]], tmp_path,
+                       base=next((tmp_path / "other" / "base").glob("*.safetensors")))
     with pytest.raises(ValueError, match="base_hash"):
-        pipe.run(jobs_from_entries(["average"]))
+        run_merge(request, jobs_from_entries(["average"]), out_dir=tmp_path / "out")
     assert other["fs"].is_file() and not (tmp_path / "out" / "merged").exists()
 
 
 def test_add_one_specialist_equals_from_scratch_and_reuses_cache(specialists, tmp_path):
     base_dirs = [specialists["fs"].parent.parent / "base"]
     cache_dir = tmp_path / "warm"
-    two = MergePipeline([specialists["fs"], specialists["fr"]], base_dirs=base_dirs, out_dir=tmp_path / "two",
-                        device="cpu", cache_dir=cache_dir, diagnostics=False, progress=False)
-    two.run(jobs_from_entries(["r2m", "tsv"]))
-    stats_before = dict(two.cache.stats)
-    grown = MergePipeline([specialists["fs"], specialists["fr"], specialists["efs"]], base_dirs=base_dirs,
-                          out_dir=tmp_path / "grown", device="cpu", cache_dir=cache_dir, diagnostics=False,
-                          progress=False)
-    grown.run(jobs_from_entries(["r2m", "tsv"]))
-    delta = {k: grown.cache.stats[k] - stats_before.get(k, 0) for k in grown.cache.stats}
-    scratch = MergePipeline([specialists["fs"], specialists["fr"], specialists["efs"]], base_dirs=base_dirs,
-                            out_dir=tmp_path / "scratch", device="cpu", cache_dir=tmp_path / "cold",
-                            diagnostics=False, progress=False)
-    scratch.run(jobs_from_entries(["r2m", "tsv"]))
+    from r2m.pipeline import shared_cache
+
+    jobs = jobs_from_entries(["r2m", "tsv"])
+    run_merge(_request([specialists["fs"], specialists["fr"]], tmp_path, base_dirs=base_dirs, cache_dir=cache_dir,
+                       diagnostics=False), jobs, out_dir=tmp_path / "two")
+    warm = shared_cache(cache_dir)
+    stats_before = dict(warm.stats)
+    # composable re-merge: the same set plus one more specialist (+add=)
+    run_merge(_request([specialists["fs"], specialists["fr"]], tmp_path, add=[str(specialists["efs"])],
+                       base_dirs=base_dirs, cache_dir=cache_dir, diagnostics=False), jobs, out_dir=tmp_path / "grown")
+    delta = {k: warm.stats[k] - stats_before.get(k, 0) for k in warm.stats}
+    run_merge(_request([specialists["fs"], specialists["fr"], specialists["efs"]], tmp_path, base_dirs=base_dirs,
+                       cache_dir=tmp_path / "cold", diagnostics=False), jobs, out_dir=tmp_path / "scratch")
     for job in ("r2m", "tsv"):
         a = load_checkpoint(tmp_path / "grown" / "merged" / job / "merged.safetensors").backbone
         b = load_checkpoint(tmp_path / "scratch" / "merged" / job / "merged.safetensors").backbone
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7)
-    cold = scratch.cache.stats
+    cold = shared_cache(tmp_path / "cold").stats
     # only the new specialist's Gram entries (its pairs with the 3 tasks) are computed on the warm cache
     assert 0 < delta["gram_pairs_computed"] < cold["gram_pairs_computed"]
     assert delta["gram_pairs_hits"] > 0
@@ -177,7 +179,8 @@ def test_add_one_specialist_equals_from_scratch_and_reuses_cache(specialists, tm
 
 def test_merge_py_end_to_end_and_refusal(specialists, tmp_path):
     root = specialists["fs"].parent.parent
-    common = [f"paths.root_dir={tmp_path}", f"paths.base_dir={root / 'base'}", "data=fixture", "data.num_workers=0"]
+    common = [f"paths.root_dir={tmp_path}", f"paths.base_dir={root / 'base'}", "data=fixture", "data.num_workers=0",
+              "eval.check_carve=false"]
     run_dir = tmp_path / "run"
     proc = run_script("merge.py", [f"specialists={root}", f"hydra.run.dir={run_dir}", "eval.specialists=true",
                                    "device=cpu", *common], cwd=tmp_path)
@@ -203,6 +206,7 @@ def test_merge_py_sweep_reuses_cache_and_chooses_on_validation(specialists, tmp_
                                    f"specialists={root}", f"hydra.sweep.dir={sweep_dir}", f"paths.root_dir={tmp_path}",
                                    f"base={next((root / 'base').glob('base-*.safetensors'))}",
                                    "data=fixture", "data.num_workers=0", "device=cpu", "diagnostics=false",
+                                   "eval.check_carve=false",
                                    "save_merged=false"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summaries = [json.loads((sweep_dir / str(i) / "summary.json").read_text()) for i in range(4)]

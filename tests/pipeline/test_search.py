@@ -25,7 +25,8 @@ def _compose(root: Path, tmp: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         return compose("merge", overrides=[
             "hparams_search=r2m_optuna", f"specialists={root}", f"paths.root_dir={tmp}",
-            f"paths.base_dir={root / 'base'}", "data=fixture", "device=cpu", *overrides,
+            f"paths.base_dir={root / 'base'}", "data=fixture", "data.num_workers=0", "device=cpu",
+            "eval.check_carve=false", f"paths.output_dir={tmp / 'run'}", *overrides,
         ])
 
 
@@ -72,12 +73,12 @@ def test_search_runs_resumes_and_equals_an_uninterrupted_study(specialists, tmp_
     root = specialists["fs"].parent.parent
     cfg = _compose(root, tmp_path, "search.n_trials=3", "search.sampler.n_startup_trials=2")
     spec = _spec(cfg)
-    runner = PipelineRunner(cfg, spec.method)
+    runner = PipelineRunner(cfg, spec.method, spec.study_name)
     first = run_search(spec, runner)
     assert first.ran == [0, 1, 2]
     db = spec.directory / "study.db"
     assert db.is_file()
-    warm_svd = runner.pipeline.cache.stats["svd_computed"]
+    warm_svd = runner.cache.stats["svd_computed"]
 
     spec5 = _spec(_compose(root, tmp_path, "search.n_trials=5", "search.sampler.n_startup_trials=2"))
     resumed = run_search(spec5, runner)
@@ -90,7 +91,7 @@ def test_search_runs_resumes_and_equals_an_uninterrupted_study(specialists, tmp_
     # one DecompositionCache serves every trial: rank ratios seen before need no new spectra
     seen = {(t.params["center"], t.params["residual"]) for t in trials[:3]}
     if all((t.params["center"], t.params["residual"]) in seen for t in trials[3:]):
-        assert runner.pipeline.cache.stats["svd_computed"] == warm_svd
+        assert runner.cache.stats["svd_computed"] == warm_svd
 
     rows = _read_csv(spec.directory / "trials.csv")
     assert [int(r["number"]) for r in rows] == [0, 1, 2, 3, 4]
@@ -131,7 +132,8 @@ def test_merge_py_hparams_search_cli(specialists, tmp_path):
 
     root = specialists["fs"].parent.parent
     args = ["hparams_search=r2m_optuna", f"specialists={root}", f"paths.root_dir={tmp_path}",
-            f"paths.base_dir={root / 'base'}", "data=fixture", "device=cpu", "search.sampler.n_startup_trials=1",
+            f"paths.base_dir={root / 'base'}", "data=fixture", "data.num_workers=0", "device=cpu",
+            "eval.check_carve=false", "search.sampler.n_startup_trials=1",
             f"hydra.run.dir={tmp_path / 'run'}"]
     proc = run_script("merge.py", [*args, "search.n_trials=2"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

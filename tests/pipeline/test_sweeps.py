@@ -103,8 +103,8 @@ def test_merge_py_grouped_sweep_end_to_end(specialists, tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_script("merge.py", ["-m", "merge=r2m", "merge.alpha=0.4,0.8", "merge.rank_ratio=0.1,0.3",
                                    f"specialists={root}", f"hydra.sweep.dir={sweep}", f"paths.root_dir={tmp_path}",
-                                   f"paths.base_dir={root / 'base'}", "data=fixture", "device=cpu",
-                                   "diagnostics=false"], cwd=tmp_path)
+                                   f"paths.base_dir={root / 'base'}", "data=fixture", "data.num_workers=0",
+                                   "eval.check_carve=false", "device=cpu", "diagnostics=false"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "merge group of 4 job(s) (r2m): 4 merge(s) from one merge_many pass, 0 separately" in log
