@@ -151,3 +151,59 @@ def test_merge_py_hparams_search_cli(specialists, tmp_path):
                       cwd=tmp_path)
     assert proc.returncode != 0 and "search.params.alpah" in proc.stderr
     assert len(optuna.load_study(study_name="r2m_rank_alpha", storage=f"sqlite:///{out / 'study.db'}").trials) == 3
+
+
+def _wandb_records(path: Path) -> list:
+    """Records of an offline ``.wandb`` file (LevelDB-style log: 7-byte header, 32 KiB blocks,
+    chunks of ``crc32c(4) length(2) type(1)``), parsed with wandb's own protobuf classes."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", path
+    pos, block, chunks, buf = 7, 32768, [], b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        length = int.from_bytes(data[pos + 4:pos + 6], "little")
+        kind = data[pos + 6]
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            chunks.append(chunk)
+        elif kind == 2:
+            buf = chunk
+        elif kind == 3:
+            buf += chunk
+        elif kind == 4:
+            chunks.append(buf + chunk)
+    return [pb.Record.FromString(c) for c in chunks]
+
+
+def test_search_logs_one_wandb_run_per_trial(specialists, tmp_path, monkeypatch):
+    """logger=wandb (offline): one run per trial + the best point (job_type merge, one group, the
+    trial's name, val/auc) and one merge-summary run with the trial table; read back from the files."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    root = specialists["fs"].parent.parent
+    cfg = _compose(root, tmp_path, "search.n_trials=2", "search.sampler.n_startup_trials=1", "logger=wandb",
+                   "search.save_best=false")
+    spec = _spec(cfg)
+    result = run_search(spec, PipelineRunner(cfg, spec.method, spec.study_name))
+    runs = {}
+    for f in sorted(spec.directory.rglob("run-*.wandb")):
+        records = _wandb_records(f)
+        run = next(r.run for r in records if r.HasField("run"))
+        keys = {item.key or "/".join(item.nested_key) for r in records if r.HasField("history")
+                for item in r.history.item}
+        runs[run.display_name] = (run.job_type, run.run_group, keys)
+    trial_names = [t.user_attrs["name"] for t in result.study.trials]
+    merge_runs = {n: v for n, v in runs.items() if v[0] == "merge"}
+    assert len(merge_runs) == 3 and set(trial_names) < set(merge_runs)   # 2 trials + the best point
+    assert len({v[1] for v in runs.values()}) == 1 and next(iter(runs.values()))[1]  # one group for all
+    for name, (_, _, keys) in merge_runs.items():
+        assert "val/auc" in keys, name
+    best_run = next(n for n in merge_runs if "-best " in n)
+    assert "test/overall/auc" in merge_runs[best_run][2]        # only the chosen point is tested
+    assert not any(k.startswith("test/") for n in trial_names for k in merge_runs[n][2])
+    assert [v[0] for v in runs.values()].count("merge-summary") == 1

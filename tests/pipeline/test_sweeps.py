@@ -33,7 +33,7 @@ def _job_configs(sweep_overrides: list[list[str]], common: list[str]):
 
 
 def test_plan_groups_on_composed_configs():
-    common = ["specialists=some/folder"]
+    common = ["specialists=some/folder", "data=fixture"]
     # alpha varies slowest here: the plan reorders so each rank ratio's alpha points are consecutive
     jobs, cfgs = _job_configs(["merge.alpha=0.4,0.8", "merge.rank_ratio=0.1,0.3"], common)
     groups = plan_groups(cfgs)
