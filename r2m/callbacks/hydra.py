@@ -43,9 +43,18 @@ def _wandb_node(config: DictConfig) -> dict[str, Any] | None:
     logger = config.get("logger")
     if not logger:
         return None
-    for node in OmegaConf.to_container(logger, resolve=True).values():
-        if isinstance(node, dict) and "wandb" in str(node.get("_target_", "")).lower():
-            return node
+    for name in logger:
+        node = logger[name]
+        if not OmegaConf.is_dict(node) or "wandb" not in str(node.get("_target_", "")).lower():
+            continue
+        out = {}
+        for key in node:  # after the sweep, ${hydra:runtime...} (e.g. save_dir) cannot be resolved: left out
+            try:
+                value = node[key]
+            except Exception:  # noqa: BLE001  (an interpolation of the jobs' runtime)
+                continue
+            out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        return out
     return None
 
 
