@@ -176,7 +176,7 @@ def run_merge_outcome(request: MergeRequest, jobs: Sequence[MergeJob], *, out_di
     """:func:`run_merge`, returning the report and pool as well."""
     from r2m.evaluation.evaluator import Evaluator
     from r2m.merging import merge_heads
-    from r2m.merging.jobs import run_jobs, sweep_order
+    from r2m.merging.jobs import sweep_order
 
     t_start = time.perf_counter()
     jobs = list(jobs)
@@ -202,8 +202,8 @@ def run_merge_outcome(request: MergeRequest, jobs: Sequence[MergeJob], *, out_di
             report.add(evaluator.evaluate_file("joint", pool.joint.path, group="joint"))
         head = merge_heads(pool.heads())
         ordered = sweep_order(jobs)
-        merges = run_jobs(ordered, pool.base(), pool.backbones(), device=device, cache=cache, names=pool.names,
-                          progress=request.progress)
+        merges = _merge_stream(ordered, pool.base(), pool.backbones(), device=device, cache=cache, names=pool.names,
+                               progress=request.progress)
         for job in ordered:
             report.begin_job(job)
             t0 = time.perf_counter()
@@ -236,6 +236,23 @@ def run_merge_outcome(request: MergeRequest, jobs: Sequence[MergeJob], *, out_di
         raise
     aucs = {ev.name: ev.val_auc for ev in report.evals if ev.group == "merge"}
     return MergeOutcome(val_aucs={j.name: aucs.get(j.name) for j in jobs}, report=report, pool=pool, written=written)
+
+
+def _merge_stream(jobs: Sequence[MergeJob], base: Any, backbones: Any, **options: Any):
+    """``(job, θ*)`` for every job: one ``merge_many`` pass per method (:func:`run_jobs`), or — when a
+    grouped launcher planned this Hydra job as part of a larger sweep (``r2m.sweeps``) — the
+    group's shared pass."""
+    from r2m.merging.jobs import run_jobs
+
+    try:
+        from r2m.sweeps import active_plan, planned_merge
+    except ImportError:  # the grouped launcher is not installed
+        active_plan = None
+    if active_plan is not None and active_plan() is not None:
+        for job in jobs:
+            yield job, planned_merge(job.method, base, backbones, **options, **dict(job.hparams))
+        return
+    yield from run_jobs(jobs, base, backbones, **options)
 
 
 def run_merge(request: MergeRequest, jobs: Sequence[MergeJob], *, out_dir: str | Path) -> dict[str, float | None]:

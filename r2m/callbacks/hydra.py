@@ -37,6 +37,16 @@ def _fail(where: str, err: BaseException) -> None:
     raise SystemExit(1) from err
 
 
+def _deferred(callback: Callback, config: DictConfig) -> bool:
+    """Cluster mode (``r2m.cluster``): under a submitit launcher the callback runs as its own job
+    after the sweep, not in the submitting process; ``True`` when it was submitted."""
+    try:
+        from r2m.cluster import defer_to_cluster
+    except ImportError:
+        return False
+    return bool(defer_to_cluster(callback, config))
+
+
 def _wandb_node(config: DictConfig) -> dict[str, Any] | None:
     logger = config.get("logger")
     if not logger:
@@ -121,6 +131,8 @@ class MergeOnMultirunEnd(Callback):
         from r2m.pipeline import run_merge
 
         try:
+            if _deferred(self, config):
+                return
             request, out_dir = self.request(config)
             if self.submit_after_sweep:
                 self.submit(config, request, out_dir)
@@ -145,6 +157,8 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
+            if _deferred(self, config):
+                return
             self.summarise(config)
         except Exception as err:
             _fail(f"SweepSummary of {_sweep_dir(config)}", err)
