@@ -33,8 +33,8 @@ from data_modules.index import (
     dedupe_frames,
     parse_index,
 )
+from data_modules.identities import CARVE_SCHEME, Carve, IdentityResolver, carve_by_identity, keys_sha256
 from data_modules.labels import LabelMapper
-from data_modules.sampling import carve_validation
 from data_modules.transforms import build_transform, resolve_mean_std
 
 __all__ = ["DF40DataModule", "DEFAULT_FAMILIES", "DEFAULT_TEST_SPLITS", "parse_frames_per_video"]
@@ -127,6 +127,8 @@ class DF40DataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         exist_check_workers: int = 8,
+        identity_rule: Any = "default",
+        identity_groups: Any = None,
     ) -> None:
         super().__init__()
         self.json_dir = os.fspath(json_dir)
@@ -163,6 +165,10 @@ class DF40DataModule(pl.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers)
         self.exist_check_workers = int(exist_check_workers)
+        self.identity_rule = _plain(identity_rule)
+        self.identity_groups = _plain(identity_groups)
+        self.identities = IdentityResolver(self.identity_rule, self.data_root, self.identity_groups)
+        self.carve: Carve | None = None
 
         self.task_name = family
         self.train_sources = self._family_sources(family)
@@ -235,17 +241,74 @@ class DF40DataModule(pl.LightningDataModule):
         if "train" in self._tables:
             return
         self._check_json_files(self.train_sources, "training")
-        seen: dict = {}
         records: list[VideoRecord] = []
         for name in self.train_sources:
-            records += dedupe_frames(self._records(name, self.train_split), self.index_report, seen)
-        train, val = carve_validation(records, self.val_fraction, self.seed)
+            records += self._records(name, self.train_split)
+        # Carve by identity first (a frame listed by several videos/JSONs is on one side whatever
+        # their order), then de-duplicate each side.
+        carve = carve_by_identity(records, self.val_fraction, self.seed, self.identities)
+        for rec in carve.left_out:
+            self.index_report.row(rec.dataset, self.train_split, rec.method)["left_out_videos"] += 1
+        seen_val: dict = {}
+        val = dedupe_frames(carve.val, self.index_report, seen_val)
+        seen_train: dict = {k: v for k, v in seen_val.items()}
+        train = dedupe_frames(carve.train, self.index_report, seen_train)  # frames in val never train
         if not train:
             raise ValueError(f"no training frames left for family {self.task_name!r} ({self.train_sources})")
+        self.carve = Carve(train=train, val=val, left_out=carve.left_out, identities=carve.identities,
+                           rules=carve.rules, unmatched=carve.unmatched)
+        if self.val_fraction > 0:
+            classes = {r.label for r in val}
+            if classes != {0, 1}:
+                n_val_ids = len(self.carve.side_identities("val"))
+                missing = "/".join(n for c, n in ((0, "real"), (1, "fake")) if c not in classes)
+                raise ValueError(
+                    f"validation carve of family {self.task_name!r} ({self.train_sources}) has no {missing} "
+                    f"videos; both classes are needed (val_fraction={self.val_fraction}, seed={self.seed}, {n_val_ids} validation "
+                    f"identities, {len(val)} validation / {len(carve.left_out)} left-out videos, identity rule "
+                    f"{self.identities.description!r}). Fakes made from several identities are validation only "
+                    "when all of them are: raise data.val_fraction, change data.seed, or group paired "
+                    "identities with data.identity_groups (e.g. the FF++ split files); "
+                    "`python -m data_modules.doctor` shows the carve."
+                )
+        else:
+            log.warning("val_fraction=0: no validation split for family %r", self.task_name)
         self._tables["train"] = build_frame_table(train, self.frames_per_video["train"], self.frame_sampling)
         self._tables["val"] = build_frame_table(val, self.frames_per_video["val"], self.frame_sampling)
         self._count_used(self._tables["train"], self.train_split)
         self._count_used(self._tables["val"], "val")
+
+    # ------------------------------------------------------------------ carve record
+    def _carve(self) -> Carve:
+        self._build_train_val()
+        assert self.carve is not None
+        return self.carve
+
+    def carve_record(self) -> dict[str, Any]:
+        """The validation carve, JSON-able (seed, fraction, identity rule, a hash of the validation
+        video keys, counts); see :mod:`data_modules.identities`."""
+        carve = self._carve()
+        val_keys = list(self._tables["val"].keys)
+        train_keys = list(self._tables["train"].keys)
+        return {
+            "scheme": CARVE_SCHEME,
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "identity_rule": self.identities.description,
+            "val_videos_sha256": keys_sha256(val_keys),
+            "n_train_videos": len(train_keys),
+            "n_val_videos": len(val_keys),
+            "n_left_out": len({r.key for r in carve.left_out}),
+            "n_train_identities": len(carve.side_identities("train")),
+            "n_val_identities": len(carve.side_identities("val")),
+            "train_sources": list(self.train_sources),
+            "family": self.task_name,
+        }
+
+    def split_identities(self) -> dict[str, frozenset[str]]:
+        """Identities of the training / validation videos actually used."""
+        carve = self._carve()
+        return {"train": carve.side_identities("train"), "val": carve.side_identities("val")}
 
     def _build_test(self, name: str) -> FrameTable:
         if name not in self.test_set_names:

@@ -52,7 +52,7 @@ FIXTURE_REMAP: dict[str, str] = {
     f"{P}/Celeb-DF-v2": "celebdf_real",
 }
 MANIFEST = "fixture.json"
-FORMAT = "r2m-df40-fixture-v1"
+FORMAT = "r2m-df40-fixture-v2"
 
 
 def _rng(seed: int, *parts: object) -> np.random.Generator:
@@ -84,6 +84,17 @@ def _image(seed: int, path: str, size: int, kind: str, domain: str) -> np.ndarra
         checker = (((np.indices((size, size)) // block).sum(axis=0) % 2) * 2 - 1).astype(np.float32)
         img = img + 35.0 * checker[..., None]
     return np.clip(img, 0, 255).round().astype(np.uint8)
+
+
+def _pairs(videos: Sequence[str]) -> dict[str, str]:
+    """FF++-style pairing: consecutive videos form a pair; with an odd count the last video is the
+    partner of the first of the last pair (a group of three)."""
+    out: dict[str, str] = {}
+    for i in range(0, len(videos) - 1, 2):
+        out[videos[i]], out[videos[i + 1]] = videos[i + 1], videos[i]
+    if len(videos) % 2:
+        out[videos[-1]] = videos[-3] if len(videos) >= 3 else videos[-1]
+    return out
 
 
 def _frame_names(seed: int, video: str, n: int, efs: bool) -> list[str]:
@@ -149,15 +160,18 @@ def write_df40_fixture(
     cdf_ids = [f"id{i}_{i:04d}" for i in range(n_videos)]
     cdf_real_frames = {v: b.video(f"{cdf_real}/{v}", "real", "cdf") for v in cdf_ids}
 
+    # FF++-style pairs (000↔001, 002↔003, ...; an odd last video joins the previous pair): a pair
+    # gives the fakes a_b and b_a, as in FF++ / DF40's FF-domain FS and FR sets.
+    partner = {s: _pairs(vs) for s, vs in vids.items()}
     for fam, fam_methods in methods.items():
         ff_json, cdf_json = f"{FAMILY_JSON[fam]}_ff", f"{FAMILY_JSON[fam]}_cdf"
         real_label, fake_label = f"{FAMILY_JSON[fam]}_Real", f"{FAMILY_JSON[fam]}_Fake"
         for m in fam_methods:
             for split, vs in vids.items():
                 root_name = "DF40_train" if split == "train" else "DF40"
-                for j, v in enumerate(vs):
+                for v in vs:
                     b.add(ff_json, f"{m}_Real", split, v, real_label, list(real_frames[split][v]))
-                    target = vs[(j + 1) % len(vs)]
+                    target = partner[split][v]
                     if fam == "efs":
                         folder, name = f"{P}/{root_name}/{m}/ff/{v}", v
                     else:
@@ -208,6 +222,11 @@ def write_df40_fixture(
     json_dir.mkdir(parents=True, exist_ok=True)
     for name, obj in b.jsons.items():
         (json_dir / f"{name}.json").write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    splits_dir = root / "ffpp_splits"  # FF++ official split files: lists of [target, source] pairs
+    splits_dir.mkdir(parents=True, exist_ok=True)
+    for split, vs in vids.items():
+        pairs = sorted({tuple(sorted((v, partner[split][v]))) for v in vs if partner[split][v] != v})
+        (splits_dir / f"{split}.json").write_text(json.dumps([list(p) for p in pairs]) + "\n", encoding="utf-8")
 
     fams = [f for f in ("fs", "fr", "efs") if f in methods]
     info: dict[str, Any] = {
@@ -217,6 +236,7 @@ def write_df40_fixture(
                    "seed": seed, "missing": missing, "corrupt": corrupt},
         "json_dir": "json",
         "data_root": "data",
+        "identity_groups": [f"ffpp_splits/{s}.json" for s in vids],
         "path_remap": remap,
         "families": {**{f: [f"{FAMILY_JSON[f]}_ff"] for f in fams}, "joint": [f"{FAMILY_JSON[f]}_ff" for f in fams]},
         "test_splits": {
@@ -237,6 +257,7 @@ def _absolute(root: Path, info: dict[str, Any]) -> dict[str, Any]:
     out["root"] = str(root)
     out["json_dir"] = str(root / info["json_dir"])
     out["data_root"] = str(root / info["data_root"])
+    out["identity_groups"] = [str(root / p) for p in info.get("identity_groups", [])]
     return out
 
 
@@ -300,6 +321,7 @@ def fixture_datamodule(root: str | os.PathLike, family: str = "fs", fixture: Map
         "families": info["families"],
         "test_splits": info["test_splits"],
         "path_remap": info["path_remap"],
+        "identity_groups": info["identity_groups"],
         "frames_per_video": None,
         "val_fraction": 0.25,
         "image_size": 32,

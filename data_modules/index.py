@@ -273,10 +273,11 @@ def parse_index(
 class IndexReport:
     """Counts per (dataset, split, method): listed videos/frames, missing frames, videos dropped
     for having no existing frame left, duplicate frames (and fully duplicated videos) removed by
-    dedupe, and what is finally used (after sampling and the validation carve)."""
+    dedupe, videos left out of training and validation by the identity carve (their identities
+    are split between the two sides), and what is finally used (after sampling and the validation carve)."""
 
     FIELDS = ("videos", "frames", "missing_frames", "dropped_videos", "duplicate_frames",
-              "duplicate_videos", "used_videos", "used_frames", "real_frames", "fake_frames")
+              "duplicate_videos", "left_out_videos", "used_videos", "used_frames", "real_frames", "fake_frames")
     rows: dict[tuple[str, str, str], dict[str, int]] = field(default_factory=dict)
 
     def row(self, dataset: str, split: str, method: str) -> dict[str, int]:
@@ -295,7 +296,8 @@ class IndexReport:
 
     def format(self) -> str:
         """A plain-text table of all rows."""
-        cols = ("videos", "frames", "missing_frames", "dropped_videos", "duplicate_frames", "used_videos",
+        cols = ("videos", "frames", "missing_frames", "dropped_videos", "duplicate_frames", "left_out_videos",
+                "used_videos",
                 "used_frames", "real_frames", "fake_frames")
         head = ["dataset/split", "method", *cols]
         lines = [[f"{d}/{s}", m, *(str(r[c]) for c in cols)] for (d, s, m), r in self.rows.items()]
