@@ -39,7 +39,11 @@ name without groups), namespaced ``user:`` — or a callable ``f(record) -> iter
 (``identity_rule: none`` disables the defaults: only the user rule, then the fallback).
 
 ``identity_groups`` merges identities that must stay together although no single video name
-says so, e.g. the FF++ official split files (lists of pairs ``[["071", "054"], ...]``: a pair covers
+says so. ``auto`` (the DF40 default) groups the identities of every multi-identity training video
+of *every* family of the data config (not only the families being trained, so every specialist of a
+sweep sees the same groups): an FF++ pair ``000``/``003`` becomes one group, and pair fakes are carved
+at ``val_fraction`` instead of ``val_fraction²`` (the identities of a fake must all be validation).
+Alternatively give files, e.g. the FF++ official split files (lists of pairs ``[["071", "054"], ...]``: a pair covers
 both reals and both fakes ``071_054`` / ``054_071``). With them an FF++ pair goes to validation as
 a whole, so pair fakes are carved at ``val_fraction`` instead of ``val_fraction²``. Bare ids in a
 group file are FF++ ids; write ``namespace:id`` for others.
@@ -67,6 +71,7 @@ __all__ = [
     "carve_by_identity",
     "identity_uniform",
     "load_identity_groups",
+    "auto_groups",
     "video_key_str",
     "keys_sha256",
 ]
@@ -174,7 +179,7 @@ class IdentityResolver:
     rules go; when absent they are appended unless ``"none"`` is given)."""
 
     def __init__(self, rule: Any = "default", data_root: str | os.PathLike = ".",
-                 groups: Any = None) -> None:
+                 groups: Any = None, groups_label: str = "groups") -> None:
         self.data_root = os.fspath(data_root).replace("\\", "/").rstrip("/")
         specs = list(rule) if isinstance(rule, (list, tuple)) else [rule]
         rules: list[tuple[str, Callable[[VideoRecord, str], list[str] | None]]] = []
@@ -207,8 +212,9 @@ class IdentityResolver:
         self.description = "+".join(desc) or "none"
         if self.groups:
             blob = json.dumps(sorted(self.groups.items())).encode()
-            self.description += f"+groups:{hashlib.sha256(blob).hexdigest()[:16]}"
+            self.description += f"+{groups_label}:{hashlib.sha256(blob).hexdigest()[:16]}"
         self._cache: dict[tuple, tuple[tuple[str, ...], str]] = {}
+        self._raw: dict[tuple, tuple[str, ...]] = {}
 
     @staticmethod
     def _wrap_default(f: Callable[[str, str], list[str] | None]):
@@ -262,14 +268,33 @@ class IdentityResolver:
                 break
         if not ids:
             ids = [f"folder:{folder}"]
+        raw = tuple(sorted(set(ids)))
         if self.groups:
             ids = [self.groups.get(i, i) for i in ids]
         out = (tuple(sorted(set(ids))), name)
         self._cache[(rec.key, folder)] = out
+        self._raw[(rec.key, folder)] = raw
         return out
+
+    def raw(self, rec: VideoRecord) -> tuple[str, ...]:
+        """The identities of a video before ``identity_groups`` are applied."""
+        self.resolve(rec)
+        return self._raw[(rec.key, self.folder(rec))]
 
     def __call__(self, rec: VideoRecord) -> tuple[str, ...]:
         return self.resolve(rec)[0]
+
+
+def auto_groups(records: Iterable[VideoRecord], resolver: IdentityResolver) -> list[list[str]]:
+    """``identity_groups: auto``: the identity sets of every multi-identity video (e.g. the FF++ pair of a
+    fake ``000_003``) of ``records`` — all training videos of every family in the data config, so the
+    groups, and with them the carve, are the same for every specialist of a sweep."""
+    out: dict[tuple[str, ...], None] = {}
+    for rec in records:
+        ids = resolver(rec)
+        if len(ids) > 1:
+            out[ids] = None
+    return [list(g) for g in out]
 
 
 def identity_uniform(seed: int, identity: str) -> float:

@@ -31,10 +31,10 @@ def fx(tmp_path_factory):
 
 
 def make_dm(info, family, grouped=True, **kw):
+    groups = {True: info["identity_groups"], False: None, "auto": "auto"}[grouped]
     args = dict(json_dir=info["json_dir"], data_root=info["data_root"], families=info["families"],
                 test_splits={"unseen": ["heygen"]}, path_remap=info["path_remap"], frames_per_video=None,
-                image_size=8, num_workers=0, val_fraction=0.25,
-                identity_groups=info["identity_groups"] if grouped else None)
+                image_size=8, num_workers=0, val_fraction=0.25, identity_groups=groups)
     args.update(kw)
     dm = DF40DataModule(family=family, **args)
     dm.setup("fit")
@@ -108,7 +108,7 @@ def test_carve_is_a_function_of_seed_and_identity():
         hashlib.sha256(b"r2m-carve-v1|5|ff++:000").digest()[:8], "big") / 2 ** 64
 
 
-@pytest.mark.parametrize("grouped", [True, False])
+@pytest.mark.parametrize("grouped", [True, False, "auto"])
 def test_no_identity_in_train_and_val_of_any_specialist(fx, grouped):
     # val_fraction 0.4 without groups (pair fakes need both identities: ~f² of them are validation)
     kw = {} if grouped else {"val_fraction": 0.4, "seed": 3}
@@ -119,6 +119,9 @@ def test_no_identity_in_train_and_val_of_any_specialist(fx, grouped):
         assert {0, 1} <= set(dm.table("val").labels.tolist()), f
         # recomputed from the video names, not from the data module's own bookkeeping
         r = IdentityResolver(groups=fx["identity_groups"] if grouped else None, data_root=fx["data_root"])
+        if grouped == "auto":
+            r = dm.identities
+            assert "auto-groups:" in r.description
         train_ids = {i for rr in dm.carve.train for i in r(rr)}
         assert train_ids == split["train"]
     for f, a in dms.items():
@@ -130,7 +133,7 @@ def test_no_identity_in_train_and_val_of_any_specialist(fx, grouped):
     assert frame_set(dms["joint"], "val") == set().union(*(frame_set(dms[f], "val") for f in ("fs", "fr", "efs")))
     assert dms["joint"].split_identities()["val"] == set().union(
         *(dms[f].split_identities()["val"] for f in ("fs", "fr", "efs")))
-    if not grouped:
+    if grouped is False:
         assert dms["fs"].carve_record()["n_left_out"] > 0
         assert dms["fs"].index_report.total("left_out_videos") == dms["fs"].carve_record()["n_left_out"]
     else:
@@ -150,6 +153,24 @@ def test_carve_of_a_family_does_not_depend_on_other_families(fx):
     fr_frames = {f for r in alone.carve.val for f in r.frames}
     assert fr_frames <= frame_set(with_others, "val")
     assert not fr_frames & frame_set(with_others, "train")
+
+
+def test_auto_groups_equal_the_pair_files(fx):
+    """`auto` derives the FF++ pairs from the fake names of all families: the same carve as the pair files."""
+    for f in FAMILIES:
+        a, b = make_dm(fx, f, grouped="auto"), make_dm(fx, f, grouped=True)
+        assert a.video_keys("val") == b.video_keys("val") and a.video_keys("train") == b.video_keys("train")
+        assert a.carve_record()["n_left_out"] == 0
+
+
+def test_auto_groups_need_every_family_json(fx, tmp_path):
+    import shutil
+
+    json_dir = tmp_path / "json"
+    shutil.copytree(fx["json_dir"], json_dir)
+    (json_dir / "EFSAll_ff.json").unlink()
+    with pytest.raises(FileNotFoundError, match="EFSAll_ff.json"):
+        make_dm({**fx, "json_dir": str(json_dir)}, "fs", grouped="auto")
 
 
 def test_carve_record_contract(fx):
