@@ -125,7 +125,16 @@ _NOISE = _LightningNoise()
 
 
 def quiet_lightning() -> None:
-    """Install the filter on Lightning's rank-zero loggers (idempotent)."""
+    """Install the filter on Lightning's rank-zero loggers, and when the root logger has handlers
+    (Hydra's console + ``<run dir>/train.log``) drop the console handler that ``import lightning``
+    adds to the ``lightning`` logger, which printed every Lightning message twice. Idempotent."""
+    import lightning  # noqa: F401  (its import installs the handler)
+
+    if logging.getLogger().handlers:
+        package = logging.getLogger("lightning")
+        for handler in list(package.handlers):
+            if type(handler) is logging.StreamHandler:
+                package.removeHandler(handler)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                  "lightning.pytorch.accelerators.cuda", "lightning.pytorch.trainer.connectors.logger_connector"):
         logger = logging.getLogger(name)
@@ -423,6 +432,8 @@ def train(cfg: DictConfig) -> float | None:
     """Run all tasks of ``cfg``; return the mean best validation AUC (``None`` if unavailable)."""
     import lightning as L
 
+    if "resume" in cfg and OmegaConf.is_missing(cfg, "resume"):
+        cfg.resume = None  # `???` in train.yaml (for hydra.run.dir's oc.select): not resuming
     tasks = task_list(cfg)
     group = run_group(cfg)
     setup_run(cfg, tasks, group)
