@@ -52,6 +52,9 @@ def test_training_sweep_merge_callback_and_its_wandb_runs(trained):
     assert summary["status"] == "complete" and not (merge / "FAILED").exists()
     assert sorted(s["task"] for s in summary["specialists"]) == ["fr", "fs"]  # the joint model is not merged
     assert summary["joint"] is not None and summary["data"]["source"] == "specialists"
+    # the validation set merges are chosen on was recomputed and checked against every file's carve
+    assert summary["data"]["carve"]["status"] == "checked"
+    assert len(summary["data"]["carve"]["files"]) == 3
     rows = {r["model"] for r in json.loads((merge / "comparison.json").read_text())["rows"]}
     assert rows == {"specialist:fr", "specialist:fs", "joint", "r2m", "average"}
     runs = [r for r in read_runs(merge) if r.job_type == "merge"]
@@ -67,6 +70,9 @@ def test_training_sweep_merge_callback_and_its_wandb_runs(trained):
     assert all("merge/comparison/_type" in r.history_keys and "merge/roc_overall/_type" in r.history_keys
                for r in runs)
     assert [r.job_type for r in read_runs(merge)].count("merge-summary") == 1
+    # the merge runs share the group of the training runs of the same sweep
+    training = [r for r in read_runs(sweep) if r.job_type == "train"]
+    assert len(training) == 3 and {r.group for r in training} == {r.group for r in runs} != {""}
 
 
 def test_merge_py_without_data_uses_the_specialists_data_and_sets_the_joint_aside(trained, tmp_path):
