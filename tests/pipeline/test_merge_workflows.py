@@ -140,3 +140,19 @@ def test_failing_automatic_merges_exit_non_zero(tmp_path):
                       cwd=tmp_path, timeout=900)
     assert proc.returncode != 0, _out(proc)
     assert "needs at least two specialists" in _out(proc)
+
+
+def test_lightning_merge_callback_one_wandb_run_per_job_in_the_training_group(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_script("train.py", [*TINY, "tasks=[fs,fr]", "callbacks=merge", f"paths.root_dir={tmp_path}",
+                                   f"hydra.run.dir={run_dir}", "logger=wandb", "logger.wandb.group=lightning",
+                                   "callbacks.merge.methods=[r2m,average]", "callbacks.merge.diagnostics=false",
+                                   "callbacks.merge.eval_specialists=false"], cwd=tmp_path, timeout=900, env=OFFLINE)
+    assert proc.returncode == 0, _out(proc)
+    assert json.loads((run_dir / "merge" / "summary.json").read_text())["status"] == "complete"
+    runs = read_runs(run_dir)
+    merges = [r for r in runs if r.job_type == "merge"]
+    assert sorted(r.name for r in merges) == ["average", "r2m"]
+    assert sorted(r.name for r in runs if r.job_type == "train") == ["fr", "fs"]  # merges do not log into them
+    assert {r.group for r in runs} == {"lightning"}
+    assert _metric_keys(merges[0]) == _metric_keys(merges[1]) and "val/auc" in _metric_keys(merges[0])
