@@ -165,7 +165,8 @@ def _prepare(request: MergeRequest, jobs: Sequence[MergeJob]):
     if evaluate:
         evaldata.preflight(datamodule, validate=request.validate, test=request.test)
     if request.validate and request.check_carve:
-        if data_cfg is None and hasattr(datamodule, "carve_record"):  # a data module was given: recompute the specialists' carves from their data
+        if data_cfg is None and hasattr(datamodule, "carve_record"):
+            # a data module was given: the specialists' own carves are recomputed from their data
             data_cfg, _ = evaldata.resolve_data_config(files, None, family=request.eval_family,
                                                        allow_mixed=request.allow_mixed_data)
         data_info["carve"] = evaldata.check_carve(datamodule, data_cfg or {}, files)
@@ -180,8 +181,13 @@ def run_merge_outcome(request: MergeRequest, jobs: Sequence[MergeJob], *, out_di
 
     t_start = time.perf_counter()
     jobs = list(jobs)
-    pool, datamodule, data_info = _prepare(request, jobs)
     out_dir = Path(out_dir)
+    try:
+        pool, datamodule, data_info = _prepare(request, jobs)
+    except BaseException as err:  # refused before any work; an earlier run's outputs must not look current
+        if (out_dir / "summary.json").is_file():
+            MergeReport(out_dir).fail(err)
+        raise
     wandb = request.wandb
     if wandb is not None and wandb.group is None:  # the training sweep's group, else the merge sweep's
         groups = pool.run_groups
@@ -208,7 +214,8 @@ def run_merge_outcome(request: MergeRequest, jobs: Sequence[MergeJob], *, out_di
             report.begin_job(job)
             t0 = time.perf_counter()
             done, backbone = next(merges)
-            assert done is job, (done, job)
+            if done is not job:  # run_jobs yields in sweep_order; anything else is a bug
+                raise RuntimeError(f"merge stream yielded {done.name}, expected {job.name}")
             log.info("merged %s in %.2fs", job.name, time.perf_counter() - t0)
             path = _write_merged(out_dir, pool, job, backbone, head) if request.save_merged else None
             images: list[Path] = []

@@ -128,3 +128,20 @@ def test_duplicate_task_names_get_their_folder(sweep, tmp_path):
     save_specialist(other, {k: v + 0.01 for k, v in ck.backbone.items()}, ck.head, dict(ck.meta))
     pool = SpecialistPool.collect([str(_spec(sweep, "fs")), str(other)])
     assert sorted(pool.names) == ["fs@again", "fs@fs"]
+
+
+@pytest.mark.parametrize(("override", "match"), [("specialists=[]", "specialists=\\[\\] is empty"),
+                                                 ("specialists=", "empty specialist source")])
+def test_merge_config_with_empty_specialists_is_a_clear_error(tmp_path, override, match):
+    """What `python merge.py specialists=` / `specialists=[]` compose to (real Hydra compose)."""
+    from hydra import compose, initialize_config_dir
+
+    from pipeline_helpers import REPO
+    from r2m.pipeline import request_from_config
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "configs")):
+        cfg = compose("merge", overrides=[override, f"paths.root_dir={tmp_path}"])
+    cfg.paths.output_dir = str(tmp_path / "out")
+    with pytest.raises(ValueError, match=match):
+        run_merge(request_from_config(cfg), jobs_from_entries(["r2m"]), out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
