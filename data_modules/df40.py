@@ -33,11 +33,19 @@ from data_modules.index import (
     dedupe_frames,
     parse_index,
 )
+from data_modules.identities import (
+    CARVE_SCHEME,
+    Carve,
+    IdentityResolver,
+    auto_groups,
+    carve_by_identity,
+    keys_sha256,
+)
 from data_modules.labels import LabelMapper
-from data_modules.sampling import carve_validation
 from data_modules.transforms import build_transform, resolve_mean_std
 
-__all__ = ["DF40DataModule", "DEFAULT_FAMILIES", "DEFAULT_TEST_SPLITS", "parse_frames_per_video"]
+__all__ = ["DF40DataModule", "DEFAULT_FAMILIES", "DEFAULT_TEST_SPLITS", "DEFAULT_PATH_REMAP",
+           "parse_frames_per_video", "eval_sampler"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +54,15 @@ DEFAULT_FAMILIES: dict[str, list[str]] = {
     "fr": ["FRAll_ff"],
     "efs": ["EFSAll_ff"],
     "joint": ["FSAll_ff", "FRAll_ff", "EFSAll_ff"],
+}
+
+#: JSON path prefix → folder under ``data_root`` (DF40's JSONs; the layout of configs/data/df40.yaml and the
+#: README: ``<root>/{DF40,DF40_train,FaceForensics++,Celeb-DF-v2}``). Relative targets join ``data_root``.
+DEFAULT_PATH_REMAP: dict[str, str] = {
+    "deepfakes_detection_datasets/DF40": "DF40",
+    "deepfakes_detection_datasets/DF40_train": "DF40_train",
+    "deepfakes_detection_datasets/FaceForensics++": "FaceForensics++",
+    "deepfakes_detection_datasets/Celeb-DF-v2": "Celeb-DF-v2",
 }
 
 DEFAULT_TEST_SPLITS: dict[str, list[str]] = {
@@ -57,7 +74,8 @@ DEFAULT_TEST_SPLITS: dict[str, list[str]] = {
 
 
 def _plain(value: Any) -> Any:
-    """OmegaConf containers (as passed by Hydra) → plain Python."""
+    """OmegaConf containers → plain Python. Kept for callers outside this module; the data configs use
+    Hydra's ``_convert_: all`` so the data modules receive plain dicts and lists."""
     try:
         from omegaconf import DictConfig, ListConfig, OmegaConf
     except ImportError:  # pragma: no cover
@@ -67,10 +85,34 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _count_used(report: IndexReport, table: FrameTable, split: str) -> None:
+    for mid, (dataset, method) in enumerate(table.method_names):
+        mask = table.methods == mid
+        row = report.row(dataset, split, method)
+        row["used_frames"] += int(mask.sum())
+        row["used_videos"] += len(set(table.video_ids[mask].tolist()))
+        row["real_frames"] += int((table.labels[mask] == 0).sum())
+        row["fake_frames"] += int((table.labels[mask] == 1).sum())
+
+
+#: index-report rows already logged by this process (the table is logged once per process; later data
+#: modules log only rows that are new or changed — a sweep's jobs share their test sets)
+_LOGGED_ROWS: dict[tuple[str, str, str], tuple[int, ...]] = {}
+
+
+def _log_index_report(report: IndexReport, task: str) -> None:
+    fresh = [k for k, r in report.rows.items() if _LOGGED_ROWS.get(k) != tuple(r.values())]
+    if not fresh:
+        return
+    sub = IndexReport(rows={k: report.rows[k] for k in fresh})
+    for k in fresh:
+        _LOGGED_ROWS[k] = tuple(report.rows[k].values())
+    log.info("DF40 index (%s):\n%s", task, sub.format())
+
+
 def parse_frames_per_video(value: int | Mapping | None) -> dict[str, int | None]:
     """``n`` / ``None`` → the same for train, val and test; ``{"train": n, "test": m}`` → val = test
     unless given (test defaults to train)."""
-    value = _plain(value)
     if value is None or isinstance(value, int):
         if isinstance(value, bool) or (value is not None and value <= 0):
             raise ValueError(f"frames_per_video must be a positive int, a dict or None, got {value!r}")
@@ -87,6 +129,25 @@ def parse_frames_per_video(value: int | Mapping | None) -> dict[str, int | None]
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
             raise ValueError(f"frames_per_video[{k!r}] must be a positive int or None, got {v!r}")
     return out
+
+
+def eval_sampler(dataset) -> Any:
+    """Sampler of an evaluation loader: ``None`` (sequential) in one process; under an initialised
+    ``torch.distributed`` with several processes Lightning's ``UnrepeatedDistributedSampler`` — every
+    frame on exactly one rank, no padded duplicates, so DDP validation/test metrics equal the
+    single-process ones. Being a ``DistributedSampler``, the Trainer keeps it
+    (``use_distributed_sampler`` replaces only non-distributed samplers)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    world = torch.distributed.get_world_size()
+    if world <= 1:
+        return None
+    if len(dataset) < world:
+        raise ValueError(f"evaluation set of {len(dataset)} frame(s) is smaller than the {world} processes; "
+                         "evaluate it on fewer devices")
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    return UnrepeatedDistributedSampler(dataset, shuffle=False)
 
 
 class DF40DataModule(pl.LightningDataModule):
@@ -127,16 +188,18 @@ class DF40DataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         exist_check_workers: int = 8,
+        identity_rule: Any = "default",
+        identity_groups: Any = "auto",
     ) -> None:
         super().__init__()
         self.json_dir = os.fspath(json_dir)
         self.data_root = os.fspath(data_root)
-        self.families: dict[str, list[str]] = {k: list(v) for k, v in (_plain(families) or DEFAULT_FAMILIES).items()}
-        splits = _plain(test_splits)
+        self.families: dict[str, list[str]] = {k: list(v) for k, v in (families or DEFAULT_FAMILIES).items()}
+        splits = test_splits
         self.test_splits: dict[str, list[str]] = {k: list(v or []) for k, v in (
             DEFAULT_TEST_SPLITS if splits is None else splits).items()}
-        self.path_remap = dict(_plain(path_remap) or {})
-        self.label_map = dict(_plain(label_map) or {})
+        self.path_remap = dict(DEFAULT_PATH_REMAP if path_remap is None else path_remap)
+        self.label_map = dict(label_map or {})
         if on_missing not in ("error", "drop"):
             raise ValueError(f"on_missing must be 'error' or 'drop', got {on_missing!r}")
         if on_unreadable not in ("error", "skip"):
@@ -155,14 +218,21 @@ class DF40DataModule(pl.LightningDataModule):
         self.val_fraction = float(val_fraction)
         self.seed = int(seed)
         self.image_size = int(image_size)
-        self.mean, self.std = resolve_mean_std(_plain(mean), _plain(std))
-        self.augment = _plain(augment)
+        self.mean, self.std = resolve_mean_std(mean, std)
+        self.augment = augment
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size)
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers)
         self.exist_check_workers = int(exist_check_workers)
+        self.identity_rule = identity_rule
+        self.identity_groups = identity_groups
+        self._identities: IdentityResolver | None = None
+        if identity_groups != "auto":  # validate rule and groups early
+            self._identities = IdentityResolver(identity_rule, self.data_root, identity_groups)
+        self.carve: Carve | None = None
+        self._exists_hint: dict[str, bool] | None = None  # existence already checked (the doctor)
 
         self.task_name = family
         self.train_sources = self._family_sources(family)
@@ -185,6 +255,24 @@ class DF40DataModule(pl.LightningDataModule):
         if not sources:
             raise ValueError(f"family {family!r} has no training datasets")
         return sources
+
+    @property
+    def identities(self) -> IdentityResolver:
+        """The identity resolver of the carve (``identity_groups: auto`` reads every training JSON of
+        ``families`` on first use)."""
+        if self._identities is None:
+            base = IdentityResolver(self.identity_rule, self.data_root)
+            universe = list(dict.fromkeys(n for names in self.families.values() for n in names))
+            missing = [n for n in universe if not self.json_path(n).is_file()]
+            if missing:
+                raise FileNotFoundError(
+                    f"identity_groups=auto groups identities over the training JSONs of every family in "
+                    f"data.families, but {', '.join(f'{n}.json' for n in missing)} are not in {self.json_dir!r}: "
+                    "remove those families from data.families, or set data.identity_groups (null or files)")
+            records = (r for n in universe for r in self._parsed_index(n).get(self.train_split, []))
+            self._identities = IdentityResolver(self.identity_rule, self.data_root, auto_groups(records, base),
+                                                groups_label="auto-groups")
+        return self._identities
 
     def json_path(self, name: str) -> Path:
         return Path(self.json_dir) / f"{name}.json"
@@ -211,8 +299,12 @@ class DF40DataModule(pl.LightningDataModule):
             parsed = self._parsed_index(name)
             if split not in parsed:
                 raise ValueError(f"{self.json_path(name)}: no {split!r} split (found: {sorted(parsed) or 'none'})")
+            hint = self._exists_hint
+            flat = [f for r in parsed[split] for f in r.frames] if hint else []
+            exists = [hint[f] for f in flat] if hint and all(f in hint for f in flat) else None
             self._checked[key] = check_frames(parsed[split], self.index_report, self.on_missing,
-                                              workers=self.exist_check_workers)
+                                              workers=self.exist_check_workers, exists=exists,
+                                              desc=f"{name}/{split}: checking frames exist")
             self._warn_missing(name, split)
         return self._checked[key]
 
@@ -222,30 +314,91 @@ class DF40DataModule(pl.LightningDataModule):
                 log.warning("%s/%s/%s: dropped %d missing frame(s), %d video(s) left empty",
                             d, s, m, row["missing_frames"], row["dropped_videos"])
 
-    def _count_used(self, table: FrameTable, split: str) -> None:
-        for mid, (dataset, method) in enumerate(table.method_names):
-            mask = table.methods == mid
-            row = self.index_report.row(dataset, split, method)
-            row["used_frames"] += int(mask.sum())
-            row["used_videos"] += len(set(table.video_ids[mask].tolist()))
-            row["real_frames"] += int((table.labels[mask] == 0).sum())
-            row["fake_frames"] += int((table.labels[mask] == 1).sum())
-
     def _build_train_val(self) -> None:
         if "train" in self._tables:
             return
-        self._check_json_files(self.train_sources, "training")
-        seen: dict = {}
+        carve, train, val = self.train_val_for(self.train_sources, self.task_name, self.index_report)
+        self.carve = carve
+        self._tables["train"], self._tables["val"] = train, val
+
+    def train_val_for(self, sources: Sequence[str], family: str | None = None,
+                      report: IndexReport | None = None) -> tuple[Carve, FrameTable, FrameTable]:
+        """Carve + training / validation frame tables of the training JSONs ``sources`` (what
+        ``setup("fit")`` builds for a family; the doctor calls it per family). Counts go to
+        ``report`` (a fresh one when ``None``). Raises ``ValueError`` when no training frame is left
+        or validation lacks a class (``val_fraction > 0``)."""
+        family = family or "+".join(sources)
+        report = IndexReport() if report is None else report
+        self._check_json_files(sources, "training")
         records: list[VideoRecord] = []
-        for name in self.train_sources:
-            records += dedupe_frames(self._records(name, self.train_split), self.index_report, seen)
-        train, val = carve_validation(records, self.val_fraction, self.seed)
+        for name in sources:
+            records += self._records(name, self.train_split)
+        # Carve by identity first (a frame listed by several videos/JSONs is on one side whatever
+        # their order), then de-duplicate each side; a frame that is validation never trains.
+        carve = carve_by_identity(records, self.val_fraction, self.seed, self.identities)
+        for rec in carve.left_out:
+            report.row(rec.dataset, self.train_split, rec.method)["left_out_videos"] += 1
+        seen: dict = {}
+        val = dedupe_frames(carve.val, report, seen)
+        train = dedupe_frames(carve.train, report, seen)
         if not train:
-            raise ValueError(f"no training frames left for family {self.task_name!r} ({self.train_sources})")
-        self._tables["train"] = build_frame_table(train, self.frames_per_video["train"], self.frame_sampling)
-        self._tables["val"] = build_frame_table(val, self.frames_per_video["val"], self.frame_sampling)
-        self._count_used(self._tables["train"], self.train_split)
-        self._count_used(self._tables["val"], "val")
+            raise ValueError(f"no training frames left for family {family!r} ({list(sources)}): "
+                             f"{len(carve.val)} validation and {len(carve.left_out)} left-out videos "
+                             f"(val_fraction={self.val_fraction}, seed={self.seed})")
+        carve = Carve(train=train, val=val, left_out=carve.left_out, identities=carve.identities,
+                      rules=carve.rules, unmatched=carve.unmatched)
+        if self.val_fraction > 0:
+            classes = {r.label for r in val}
+            if classes != {0, 1}:
+                missing = "/".join(n for c, n in ((0, "real"), (1, "fake")) if c not in classes)
+                raise ValueError(
+                    f"validation carve of family {family!r} ({list(sources)}) has no {missing} videos; both "
+                    f"classes are needed (val_fraction={self.val_fraction}, seed={self.seed}, "
+                    f"{len(carve.side_identities('val'))} validation identities, {len(val)} validation / "
+                    f"{len(carve.left_out)} left-out videos, identity rule {self.identities.description!r}). "
+                    "Fakes made from several identities are validation only when all of them are: raise "
+                    "data.val_fraction, change data.seed, or group paired identities with data.identity_groups "
+                    "(e.g. the FF++ split files); `python -m data_modules.doctor` shows the carve."
+                )
+        else:
+            log.warning("val_fraction=0: no validation split for family %r", family)
+        train_table = build_frame_table(train, self.frames_per_video["train"], self.frame_sampling)
+        val_table = build_frame_table(val, self.frames_per_video["val"], self.frame_sampling)
+        _count_used(report, train_table, self.train_split)
+        _count_used(report, val_table, "val")
+        return carve, train_table, val_table
+
+    # ------------------------------------------------------------------ carve record
+    def _carve(self) -> Carve:
+        self._build_train_val()
+        assert self.carve is not None
+        return self.carve
+
+    def carve_record(self) -> dict[str, Any]:
+        """The validation carve, JSON-able (seed, fraction, identity rule, a hash of the validation
+        video keys, counts); see :mod:`data_modules.identities`."""
+        carve = self._carve()
+        val_keys = list(self._tables["val"].keys)
+        train_keys = list(self._tables["train"].keys)
+        return {
+            "scheme": CARVE_SCHEME,
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "identity_rule": self.identities.description,
+            "val_videos_sha256": keys_sha256(val_keys),
+            "n_train_videos": len(train_keys),
+            "n_val_videos": len(val_keys),
+            "n_left_out": len({r.key for r in carve.left_out}),
+            "n_train_identities": len(carve.side_identities("train")),
+            "n_val_identities": len(carve.side_identities("val")),
+            "train_sources": list(self.train_sources),
+            "family": self.task_name,
+        }
+
+    def split_identities(self) -> dict[str, frozenset[str]]:
+        """Identities of the training / validation videos actually used."""
+        carve = self._carve()
+        return {"train": carve.side_identities("train"), "val": carve.side_identities("val")}
 
     def _build_test(self, name: str) -> FrameTable:
         if name not in self.test_set_names:
@@ -254,7 +407,7 @@ class DF40DataModule(pl.LightningDataModule):
         if key not in self._tables:
             records = dedupe_frames(self._records(name, self.test_split), self.index_report)
             self._tables[key] = build_frame_table(records, self.frames_per_video["test"], self.frame_sampling)
-            self._count_used(self._tables[key], self.test_split)
+            _count_used(self.index_report, self._tables[key], self.test_split)
         return self._tables[key]
 
     def setup(self, stage: str | None = None) -> None:
@@ -268,7 +421,7 @@ class DF40DataModule(pl.LightningDataModule):
                 self._build_test(name)
         if "train" in self._tables and all(f"test:{n}" in self._tables for n in self.test_set_names):
             self.clear_cache()  # everything built: DataLoader workers need only the frame tables
-        log.info("DF40 index (%s):\n%s", self.task_name, self.index_report.format())
+        _log_index_report(self.index_report, self.task_name)
 
     def clear_cache(self) -> None:
         """Free the parsed JSON cache (built frame tables are kept)."""
@@ -297,10 +450,12 @@ class DF40DataModule(pl.LightningDataModule):
         dataset = FrameDataset(table, transform, self.on_unreadable)
         collate = partial(collate_frames, image_shape=(3, self.image_size, self.image_size),
                           count_skipped=self.on_unreadable == "skip")
+        sampler = None if train else eval_sampler(dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
+            sampler=sampler,
             generator=torch.Generator().manual_seed(self.seed) if train else None,
             drop_last=False,
             num_workers=self.num_workers,

@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["write_df40_fixture", "ensure_fixture", "fixture_datamodule", "DEFAULT_METHODS", "FIXTURE_REMAP"]
+__all__ = ["write_df40_fixture", "ensure_fixture", "fixture_datamodule", "break_image", "BROKEN_KINDS",
+           "DEFAULT_METHODS", "FIXTURE_REMAP"]
 
 DEFAULT_METHODS: dict[str, tuple[str, ...]] = {
     "fs": ("simswap", "fsgan"),
@@ -42,6 +43,10 @@ DEFAULT_METHODS: dict[str, tuple[str, ...]] = {
     "efs": ("StyleGAN3", "ddim"),
 }
 UNSEEN_SETS: dict[str, str] = {"deepfacelab": "fs", "heygen": "fr"}  # set → artefact family
+#: layout="df40": all nine DF40 P3 sets (the test_splits of configs/data/df40.yaml)
+DF40_UNSEEN_SETS: dict[str, str] = {"deepfacelab": "fs", "heygen": "fr", "whichisreal": "efs", "MidJourney": "efs",
+                                    "stargan": "fs", "starganv2": "fr", "styleclip": "efs", "e4e": "fs",
+                                    "CollabDiff": "efs"}
 FAMILY_JSON = {"fs": "FSAll", "fr": "FRAll", "efs": "EFSAll"}
 P = "deepfakes_detection_datasets"
 #: JSON prefix → folder under ``data/``.
@@ -52,7 +57,7 @@ FIXTURE_REMAP: dict[str, str] = {
     f"{P}/Celeb-DF-v2": "celebdf_real",
 }
 MANIFEST = "fixture.json"
-FORMAT = "r2m-df40-fixture-v1"
+FORMAT = "r2m-df40-fixture-v2"
 
 
 def _rng(seed: int, *parts: object) -> np.random.Generator:
@@ -84,6 +89,17 @@ def _image(seed: int, path: str, size: int, kind: str, domain: str) -> np.ndarra
         checker = (((np.indices((size, size)) // block).sum(axis=0) % 2) * 2 - 1).astype(np.float32)
         img = img + 35.0 * checker[..., None]
     return np.clip(img, 0, 255).round().astype(np.uint8)
+
+
+def _pairs(videos: Sequence[str]) -> dict[str, str]:
+    """FF++-style pairing: consecutive videos form a pair; with an odd count the last video is the
+    partner of the first of the last pair (a group of three)."""
+    out: dict[str, str] = {}
+    for i in range(0, len(videos) - 1, 2):
+        out[videos[i]], out[videos[i + 1]] = videos[i + 1], videos[i]
+    if len(videos) % 2:
+        out[videos[-1]] = videos[-3] if len(videos) >= 3 else videos[-1]
+    return out
 
 
 def _frame_names(seed: int, video: str, n: int, efs: bool) -> list[str]:
@@ -125,14 +141,22 @@ def write_df40_fixture(
     seed: int = 0,
     missing: int = 0,
     corrupt: int = 0,
+    layout: str = "fixture",
 ) -> dict[str, Any]:
     """Write the fixture under ``root`` (see module docstring) and return its description:
     ``root, json_dir, data_root, path_remap, families, test_splits, methods, missing, corrupt``
     (``missing``/``corrupt``: JSON-listed paths of frames not written / written as garbage bytes).
 
+    ``layout="fixture"``: JSONs in ``json/``, frames under ``data/{df40_test,df40_train,ffpp_real,
+    celebdf_real}`` (remapped); ``layout="df40"``: the README's / configs/data/df40.yaml's layout —
+    JSONs in ``dataset_json/``, frames under ``<root>/{DF40,DF40_train,FaceForensics++,Celeb-DF-v2}``
+    (``data_root`` = ``root``, ``path_remap`` = ``data_modules.df40.DEFAULT_PATH_REMAP``).
+
     ``n_videos`` real and fake videos per method and split; ``with_compression`` nests the splits of
     the FF-domain family JSONs under a ``c23`` level, as DeepfakeBench's FF++ files do.
     """
+    if layout not in ("fixture", "df40"):
+        raise ValueError(f"layout must be 'fixture' or 'df40', got {layout!r}")
     if n_videos < 1 or frames_per_video < 1 or image_size < 4:
         raise ValueError("n_videos and frames_per_video must be >= 1 and image_size >= 4")
     methods = {k: tuple(v) for k, v in (methods or DEFAULT_METHODS).items()}
@@ -149,15 +173,18 @@ def write_df40_fixture(
     cdf_ids = [f"id{i}_{i:04d}" for i in range(n_videos)]
     cdf_real_frames = {v: b.video(f"{cdf_real}/{v}", "real", "cdf") for v in cdf_ids}
 
+    # FF++-style pairs (000↔001, 002↔003, ...; an odd last video joins the previous pair): a pair
+    # gives the fakes a_b and b_a, as in FF++ / DF40's FF-domain FS and FR sets.
+    partner = {s: _pairs(vs) for s, vs in vids.items()}
     for fam, fam_methods in methods.items():
         ff_json, cdf_json = f"{FAMILY_JSON[fam]}_ff", f"{FAMILY_JSON[fam]}_cdf"
         real_label, fake_label = f"{FAMILY_JSON[fam]}_Real", f"{FAMILY_JSON[fam]}_Fake"
         for m in fam_methods:
             for split, vs in vids.items():
                 root_name = "DF40_train" if split == "train" else "DF40"
-                for j, v in enumerate(vs):
+                for v in vs:
                     b.add(ff_json, f"{m}_Real", split, v, real_label, list(real_frames[split][v]))
-                    target = vs[(j + 1) % len(vs)]
+                    target = partner[split][v]
                     if fam == "efs":
                         folder, name = f"{P}/{root_name}/{m}/ff/{v}", v
                     else:
@@ -172,7 +199,8 @@ def write_df40_fixture(
                     name = f"id{j}_id{(j + 1) % n_videos}_{j:04d}"
                     folder = f"{P}/DF40/{m}/cdf/frames/{name}"
                 b.add(cdf_json, f"{m}_Fake", "test", name, fake_label, b.video(folder, fam, "cdf", fam == "efs"))
-    for unseen, fam in UNSEEN_SETS.items():
+    unseen_sets = DF40_UNSEEN_SETS if layout == "df40" else UNSEEN_SETS
+    for unseen, fam in unseen_sets.items():
         for v in (f"{i:04d}" for i in range(n_videos)):
             for kind, sub, label in (("real", "real", "_Real"), (fam, "fake", "_Fake")):
                 frames = b.video(f"{P}/DF40/{unseen}/{sub}/{v}", kind, "unseen", size=2 * image_size)
@@ -187,8 +215,13 @@ def write_df40_fixture(
 
     import cv2
 
-    json_dir, data_root = root / "json", root / "data"
-    remap = {k: v for k, v in FIXTURE_REMAP.items()}
+    if layout == "df40":
+        from data_modules.df40 import DEFAULT_PATH_REMAP
+
+        rel_json, rel_data, remap = "dataset_json", ".", dict(DEFAULT_PATH_REMAP)
+    else:
+        rel_json, rel_data, remap = "json", "data", dict(FIXTURE_REMAP)
+    json_dir, data_root = root / rel_json, root / rel_data
     by_len = sorted(remap.items(), key=lambda kv: -len(kv[0]))
     skip = set(missing_paths)
     broken = set(corrupt_paths)
@@ -208,21 +241,28 @@ def write_df40_fixture(
     json_dir.mkdir(parents=True, exist_ok=True)
     for name, obj in b.jsons.items():
         (json_dir / f"{name}.json").write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    splits_dir = root / "ffpp_splits"  # FF++ official split files: lists of [target, source] pairs
+    splits_dir.mkdir(parents=True, exist_ok=True)
+    for split, vs in vids.items():
+        pairs = sorted({tuple(sorted((v, partner[split][v]))) for v in vs if partner[split][v] != v})
+        (splits_dir / f"{split}.json").write_text(json.dumps([list(p) for p in pairs]) + "\n", encoding="utf-8")
 
     fams = [f for f in ("fs", "fr", "efs") if f in methods]
     info: dict[str, Any] = {
         "format": FORMAT,
         "params": {"n_videos": n_videos, "frames_per_video": frames_per_video, "image_size": image_size,
                    "methods": {k: list(v) for k, v in methods.items()}, "with_compression": with_compression,
+                   "layout": layout,
                    "seed": seed, "missing": missing, "corrupt": corrupt},
-        "json_dir": "json",
-        "data_root": "data",
+        "json_dir": rel_json,
+        "data_root": rel_data,
+        "identity_groups": [f"ffpp_splits/{s}.json" for s in vids],
         "path_remap": remap,
         "families": {**{f: [f"{FAMILY_JSON[f]}_ff"] for f in fams}, "joint": [f"{FAMILY_JSON[f]}_ff" for f in fams]},
         "test_splits": {
             "in_distribution": [f"{FAMILY_JSON[f]}_ff" for f in fams],
             "cross_dataset": [f"{FAMILY_JSON[f]}_cdf" for f in fams],
-            "unseen": list(UNSEEN_SETS),
+            "unseen": list(unseen_sets),
         },
         "methods": {k: list(v) for k, v in methods.items()},
         "missing": missing_paths,
@@ -232,11 +272,40 @@ def write_df40_fixture(
     return _absolute(root, info)
 
 
+BROKEN_KINDS = ("truncated", "zero-byte", "bit-flipped", "text")
+
+
+def break_image(path: str | os.PathLike, kind: str, seed: int = 0) -> None:
+    """Damage an image file in place, the ways files break on disk: ``truncated`` (first half kept),
+    ``zero-byte``, ``bit-flipped`` (one bit flipped in the compressed image data, headers intact) or
+    ``text`` (a text file under the image's name)."""
+    path = Path(path)
+    data = path.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "zero-byte":
+        path.write_bytes(b"")
+    elif kind == "bit-flipped":
+        start = data.find(b"IDAT")
+        if start < 0:
+            raise ValueError(f"{path}: no IDAT chunk to flip a bit in (not a PNG?)")
+        length = int.from_bytes(data[start - 4:start], "big")
+        pos = start + 4 + int(_rng(seed, "flip", str(path)).integers(2, max(3, length - 1)))
+        buf = bytearray(data)
+        buf[pos] ^= 1 << int(_rng(seed, "bit", str(path)).integers(0, 8))
+        path.write_bytes(bytes(buf))
+    elif kind == "text":
+        path.write_text("this is not an image\n", encoding="utf-8")
+    else:
+        raise ValueError(f"unknown kind {kind!r}; known: {BROKEN_KINDS}")
+
+
 def _absolute(root: Path, info: dict[str, Any]) -> dict[str, Any]:
     out = dict(info)
     out["root"] = str(root)
     out["json_dir"] = str(root / info["json_dir"])
-    out["data_root"] = str(root / info["data_root"])
+    out["data_root"] = str(root) if info["data_root"] == "." else str(root / info["data_root"])
+    out["identity_groups"] = [str(root / p) for p in info.get("identity_groups", [])]
     return out
 
 
@@ -291,15 +360,16 @@ def fixture_datamodule(root: str | os.PathLike, family: str = "fs", fixture: Map
     :class:`~data_modules.df40.DF40DataModule` for it (families fs/fr/efs/joint, splits
     in_distribution/cross_dataset/unseen, the fixture's path_remap). ``kwargs`` override the
     DataModule defaults here (all frames per video, 25 % validation, 32 px, no workers)."""
-    from data_modules.df40 import DF40DataModule, _plain
+    from data_modules.df40 import DF40DataModule
 
-    info = ensure_fixture(root, **dict(_plain(fixture) or {}))
+    info = ensure_fixture(root, **dict(fixture or {}))
     args: dict[str, Any] = {
         "json_dir": info["json_dir"],
         "data_root": info["data_root"],
         "families": info["families"],
         "test_splits": info["test_splits"],
         "path_remap": info["path_remap"],
+        "identity_groups": info["identity_groups"],
         "frames_per_video": None,
         "val_fraction": 0.25,
         "image_size": 32,
@@ -322,10 +392,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--with-compression", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layout", choices=("fixture", "df40"), default="fixture",
+                        help="df40 = the README's layout: dataset_json/ + DF40/ DF40_train/ FaceForensics++/ Celeb-DF-v2/")
     args = parser.parse_args(argv)
     info = write_df40_fixture(args.out_dir, n_videos=args.n_videos, frames_per_video=args.frames_per_video,
                               image_size=args.image_size, with_compression=args.with_compression,
-                              seed=args.seed, missing=args.missing, corrupt=args.corrupt)
+                              seed=args.seed, missing=args.missing, corrupt=args.corrupt, layout=args.layout)
     print(f"wrote DF40 fixture: json_dir={info['json_dir']} data_root={info['data_root']}")
     print("path_remap: " + ", ".join(f"{k}={v}" for k, v in info["path_remap"].items()))
     return 0

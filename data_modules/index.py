@@ -38,6 +38,7 @@ __all__ = [
     "check_frames",
     "dedupe_frames",
     "frames_exist",
+    "progress",
     "unknown_label_strings",
     "UNKNOWN_LABEL",
     "UnknownLabelError",
@@ -273,10 +274,11 @@ def parse_index(
 class IndexReport:
     """Counts per (dataset, split, method): listed videos/frames, missing frames, videos dropped
     for having no existing frame left, duplicate frames (and fully duplicated videos) removed by
-    dedupe, and what is finally used (after sampling and the validation carve)."""
+    dedupe, videos left out of training and validation by the identity carve (their identities
+    are split between the two sides), and what is finally used (after sampling and the validation carve)."""
 
     FIELDS = ("videos", "frames", "missing_frames", "dropped_videos", "duplicate_frames",
-              "duplicate_videos", "used_videos", "used_frames", "real_frames", "fake_frames")
+              "duplicate_videos", "left_out_videos", "used_videos", "used_frames", "real_frames", "fake_frames")
     rows: dict[tuple[str, str, str], dict[str, int]] = field(default_factory=dict)
 
     def row(self, dataset: str, split: str, method: str) -> dict[str, int]:
@@ -295,7 +297,8 @@ class IndexReport:
 
     def format(self) -> str:
         """A plain-text table of all rows."""
-        cols = ("videos", "frames", "missing_frames", "dropped_videos", "duplicate_frames", "used_videos",
+        cols = ("videos", "frames", "missing_frames", "dropped_videos", "duplicate_frames", "left_out_videos",
+                "used_videos",
                 "used_frames", "real_frames", "fake_frames")
         head = ["dataset/split", "method", *cols]
         lines = [[f"{d}/{s}", m, *(str(r[c]) for c in cols)] for (d, s, m), r in self.rows.items()]
@@ -312,13 +315,46 @@ def _exists_chunk(paths: Sequence[str]) -> list[bool]:
     return [isfile(p) for p in paths]
 
 
-def frames_exist(paths: Sequence[str], workers: int = 8, chunk: int = 2048) -> list[bool]:
-    """``os.path.isfile`` for every path, in threads for large lists (helps on network disks)."""
-    if workers <= 1 or len(paths) <= chunk:
+#: lists shorter than this get no progress bar (tests, small fixtures)
+PROGRESS_MIN = 20_000
+
+
+def progress(iterable: Iterable, total: int, desc: str, unit: str = "frame", enabled: bool | None = None):
+    """``tqdm`` over ``iterable`` on stderr when ``total >= PROGRESS_MIN`` (or ``enabled=True``)."""
+    if enabled is False or (enabled is None and total < PROGRESS_MIN):
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, unit_scale=True, mininterval=1.0, leave=False)
+
+
+def frames_exist(paths: Sequence[str], workers: int = 8, chunk: int = 2048, desc: str | None = None,
+                 show_progress: bool | None = None) -> list[bool]:
+    """``os.path.isfile`` for every path, in threads for large lists (helps on network disks), with a
+    progress bar (``desc``) for long lists."""
+    if len(paths) <= chunk:
         return _exists_chunk(paths)
     chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return [ok for part in pool.map(_exists_chunk, chunks) for ok in part]
+    out: list[bool] = []
+    bar = progress(range(len(paths)), len(paths), desc or "checking frames exist", enabled=show_progress)
+    update = getattr(bar, "update", None)
+    if workers <= 1:
+        parts: Iterable[list[bool]] = map(_exists_chunk, chunks)
+        pool = None
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        parts = pool.map(_exists_chunk, chunks)
+    try:
+        for part in parts:
+            out.extend(part)
+            if update is not None:
+                update(len(part))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        if hasattr(bar, "close"):
+            bar.close()
+    return out
 
 
 def check_frames(
@@ -327,8 +363,10 @@ def check_frames(
     on_missing: str = "error",
     workers: int = 8,
     max_listed: int = 10,
+    exists: Sequence[bool] | None = None,
+    desc: str | None = None,
 ) -> list[VideoRecord]:
-    """Existence check of every listed frame.
+    """Existence check of every listed frame (``exists``: precomputed flags for the flat frame list).
 
     Counts listed videos/frames and missing frames per method into ``report``. ``on_missing="error"``
     raises :class:`MissingFramesError` (count per method + example paths); ``"drop"`` removes the
@@ -337,7 +375,9 @@ def check_frames(
     if on_missing not in ("error", "drop"):
         raise ValueError(f"on_missing must be 'error' or 'drop', got {on_missing!r}")
     flat = [f for r in records for f in r.frames]
-    ok = frames_exist(flat, workers=workers)
+    ok = list(exists) if exists is not None else frames_exist(flat, workers=workers, desc=desc)
+    if len(ok) != len(flat):
+        raise ValueError(f"check_frames: {len(ok)} existence flags for {len(flat)} frames")
     kept: list[VideoRecord] = []
     missing: list[str] = []
     per_method: dict[tuple[str, str, str], int] = defaultdict(int)

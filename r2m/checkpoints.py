@@ -11,7 +11,6 @@ carries its r2m metadata under ``checkpoint["r2m_meta"]``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,7 +21,7 @@ from typing import Any
 
 import torch
 
-from r2m.utils import atomic_write, code_version, state_dict_hash
+from r2m.utils import atomic_write, code_version, file_sha256, state_dict_hash  # noqa: F401  (file_sha256: 64 hex)
 
 __all__ = [
     "SPECIALIST_FORMAT",
@@ -77,15 +76,6 @@ class LoadedCheckpoint:
 def base_filename(base_hash: str) -> str:
     """File name of a saved base θ0: ``base-<base_hash>.safetensors``."""
     return f"base-{base_hash}.safetensors"
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """sha256 of a file's bytes (streamed): the full 64 hex digits, as written in manifests."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_families(meta: Mapping[str, Any]) -> list[str]:

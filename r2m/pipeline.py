@@ -165,7 +165,8 @@ def _prepare(request: MergeRequest, jobs: Sequence[MergeJob]):
     if evaluate:
         evaldata.preflight(datamodule, validate=request.validate, test=request.test)
     if request.validate and request.check_carve:
-        if data_cfg is None and hasattr(datamodule, "carve_record"):  # a data module was given: recompute the specialists' carves from their data
+        if data_cfg is None and hasattr(datamodule, "carve_record"):
+            # a data module was given: the specialists' own carves are recomputed from their data
             data_cfg, _ = evaldata.resolve_data_config(files, None, family=request.eval_family,
                                                        allow_mixed=request.allow_mixed_data)
         data_info["carve"] = evaldata.check_carve(datamodule, data_cfg or {}, files)
@@ -176,12 +177,17 @@ def run_merge_outcome(request: MergeRequest, jobs: Sequence[MergeJob], *, out_di
     """:func:`run_merge`, returning the report and pool as well."""
     from r2m.evaluation.evaluator import Evaluator
     from r2m.merging import merge_heads
-    from r2m.merging.jobs import run_jobs, sweep_order
+    from r2m.merging.jobs import sweep_order
 
     t_start = time.perf_counter()
     jobs = list(jobs)
-    pool, datamodule, data_info = _prepare(request, jobs)
     out_dir = Path(out_dir)
+    try:
+        pool, datamodule, data_info = _prepare(request, jobs)
+    except BaseException as err:  # refused before any work; an earlier run's outputs must not look current
+        if (out_dir / "summary.json").is_file():
+            MergeReport(out_dir).fail(err)
+        raise
     wandb = request.wandb
     if wandb is not None and wandb.group is None:  # the training sweep's group, else the merge sweep's
         groups = pool.run_groups
@@ -202,16 +208,14 @@ def run_merge_outcome(request: MergeRequest, jobs: Sequence[MergeJob], *, out_di
             report.add(evaluator.evaluate_file("joint", pool.joint.path, group="joint"))
         head = merge_heads(pool.heads())
         ordered = sweep_order(jobs)
-        # sweeps helper: under hydra/launcher=r2m_grouped the merges come from the sweep group's merge_many pass
-        from r2m.sweeps import planned_jobs
-
-        merges = planned_jobs(run_jobs, ordered, pool.base(), pool.backbones(), device=device, cache=cache,
-                              names=pool.names, progress=request.progress)
+        merges = _merge_stream(ordered, pool.base(), pool.backbones(), device=device, cache=cache, names=pool.names,
+                               progress=request.progress)
         for job in ordered:
             report.begin_job(job)
             t0 = time.perf_counter()
             done, backbone = next(merges)
-            assert done is job, (done, job)
+            if done is not job:  # run_jobs yields in sweep_order; anything else is a bug
+                raise RuntimeError(f"merge stream yielded {done.name}, expected {job.name}")
             log.info("merged %s in %.2fs", job.name, time.perf_counter() - t0)
             path = _write_merged(out_dir, pool, job, backbone, head) if request.save_merged else None
             images: list[Path] = []
@@ -239,6 +243,23 @@ def run_merge_outcome(request: MergeRequest, jobs: Sequence[MergeJob], *, out_di
         raise
     aucs = {ev.name: ev.val_auc for ev in report.evals if ev.group == "merge"}
     return MergeOutcome(val_aucs={j.name: aucs.get(j.name) for j in jobs}, report=report, pool=pool, written=written)
+
+
+def _merge_stream(jobs: Sequence[MergeJob], base: Any, backbones: Any, **options: Any):
+    """``(job, θ*)`` for every job: one ``merge_many`` pass per method (:func:`run_jobs`), or — when a
+    grouped launcher planned this Hydra job as part of a larger sweep (``r2m.sweeps``) — the
+    group's shared pass."""
+    from r2m.merging.jobs import run_jobs
+
+    try:
+        from r2m.sweeps import active_plan, planned_merge
+    except ImportError:  # the grouped launcher is not installed
+        active_plan = None
+    if active_plan is not None and active_plan() is not None:
+        for job in jobs:
+            yield job, planned_merge(job.method, base, backbones, **options, **dict(job.hparams))
+        return
+    yield from run_jobs(jobs, base, backbones, **options)
 
 
 def run_merge(request: MergeRequest, jobs: Sequence[MergeJob], *, out_dir: str | Path) -> dict[str, float | None]:

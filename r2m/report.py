@@ -32,7 +32,8 @@ from r2m.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WandbSettings", "MergeReport", "metric_keys", "log_sweep_table", "FAILED_MARKER", "jsonable"]
+__all__ = ["WandbSettings", "MergeReport", "metric_keys", "log_sweep_table", "summarise_sweep", "FAILED_MARKER",
+           "jsonable"]
 
 FAILED_MARKER = "FAILED"
 
@@ -284,3 +285,60 @@ class MergeReport:
                         in ((ev.result.per_split if ev.result else {}) or {})})
             rows.append(row)
         return rows
+
+
+# --------------------------------------------------------------------------------- sweeps
+
+
+def summarise_sweep(sweep: str | Path, job_dirs: Sequence[str | Path], *, choose_on: str = "val_auc",
+                    wandb: WandbSettings | None = None) -> dict[str, Any] | None:
+    """Combine the merge runs in ``job_dirs`` (each with ``summary.json`` / ``results.json``) into
+    ``<sweep>/sweep_comparison.{md,csv,json}`` (every model once: specialists and the joint model
+    that several jobs evaluate appear once), choose the merge with the best ``choose_on``
+    (validation, never test) into ``best.json`` / ``best.txt``, and log the sweep table to W&B
+    (group: the jobs' group). A job without a complete summary is an error. Returns the best row."""
+    from dataclasses import replace
+
+    from r2m.evaluation import ResultsTable
+
+    sweep = Path(sweep)
+    combined = ResultsTable()
+    candidates: list[dict[str, Any]] = []
+    groups: set[str] = set()
+    for job_dir in map(Path, job_dirs):
+        summary_path = job_dir / "summary.json"
+        if not summary_path.is_file():
+            raise RuntimeError(f"{job_dir}: no summary.json (the job did not finish)")
+        summary = json.loads(summary_path.read_text())
+        if summary.get("status") != "complete":
+            raise RuntimeError(f"{summary_path}: status {summary.get('status')!r}: {summary.get('error')}")
+        if summary.get("wandb_group"):
+            groups.add(summary["wandb_group"])
+        results = job_dir / "results.json"
+        if results.is_file():
+            combined.extend(ResultsTable.load(results), skip_existing=True)
+        candidates += [{**m, "job_dir": str(job_dir)} for m in summary.get("models", []) if m.get("group") == "merge"]
+    if not candidates:
+        raise RuntimeError(f"no merged models in the job folders of {sweep}")
+    if combined.rows:
+        combined.write_comparison(sweep, stem="sweep_comparison")
+        print(f"\nSweep comparison ({sweep}):\n{combined.comparison_markdown()}\n", flush=True)
+    rows = [{"model": c["name"], "job_dir": c["job_dir"], choose_on: c.get(choose_on),
+             **{k: v for k, v in c.items() if k.startswith("hp/")},
+             **{f"test/{s}/{m}": v for s, ms in (c.get("per_split") or {}).items() for m, v in ms.items()
+                if m in ("auc", "eer")}} for c in candidates]
+    if wandb is not None:
+        wandb = replace(wandb, group=wandb.group or (next(iter(groups)) if len(groups) == 1 else None))
+    log_sweep_table(wandb, rows, name=f"sweep summary ({len(rows)} merges)")
+    scored = [c for c in candidates if isinstance(c.get(choose_on), (int, float)) and math.isfinite(c[choose_on])]
+    if not scored:
+        log.warning("sweep summary: no job reported %s; no point chosen", choose_on)
+        return None
+    best = max(scored, key=lambda c: c[choose_on])
+    atomic_write_json(sweep / "best.json", jsonable({"chosen_on": choose_on, **best}))
+    lines = [f"Chosen on {choose_on} = {best[choose_on]:.4f}: {best['name']} ({best['job_dir']})"]
+    for split, metrics in (best.get("per_split") or {}).items():
+        lines.append(f"  {split}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, (int, float))))
+    atomic_write_text(sweep / "best.txt", "\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    return best

@@ -8,8 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
+import socket
 import subprocess
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_text",
     "atomic_write_json",
+    "remove_stale_temps",
     "tensor_hash",
     "state_dict_hash",
     "file_sha256",
@@ -28,15 +30,89 @@ __all__ = [
 ]
 
 
+_TMP_SUFFIX = ".r2m-tmp"
+_cleaned_dirs: set[str] = set()
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_") or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_write` left in ``folder`` by killed processes:
+    ``.<name>.<host>.<pid>.<token>.r2m-tmp`` whose host is this machine and whose process is gone.
+    Temporaries of other hosts (shared file systems) and of live processes are kept; ``recursive``
+    also searches the sub-folders. Returns the removed paths."""
+    folder = Path(folder)
+    host = _host()
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if recursive and entry.is_dir(follow_symlinks=False):
+            removed += remove_stale_temps(entry.path, recursive=True)
+            continue
+        if not (name.startswith(".") and name.endswith(_TMP_SUFFIX)):
+            continue
+        parts = name[: -len(_TMP_SUFFIX)].rsplit(".", 3)
+        if len(parts) != 4 or not parts[2].isdigit():
+            continue
+        _, tmp_host, pid, _ = parts
+        if tmp_host != host or _pid_alive(int(pid)):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _temp_path(path: Path) -> Path:
+    """Create (``O_EXCL``, mode ``0o666`` & ~umask, like any new file) and return a temporary file
+    next to ``path``, named after this host and process so that a later run can tell it is stale."""
+    host = _host()
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{host}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"could not create a temporary file next to {path}")
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path:
     """Write ``path`` atomically: ``writer(tmp_path)`` fills a temporary file in the same
     folder, which is then renamed over ``path``. On any error the temporary file is removed
-    and ``path`` is left as it was (never half-written)."""
+    and ``path`` is left as it was (never half-written).
+
+    The file gets the permissions of any new file (``0o666`` minus the umask). Temporaries that a
+    killed process left in the folder (same host, process gone) are removed on the first write
+    into that folder by a later process."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    key = str(path.parent.resolve())
+    if key not in _cleaned_dirs:
+        remove_stale_temps(path.parent)
+        _cleaned_dirs.add(key)
+    tmp_path = _temp_path(path)
     try:
         writer(tmp_path)
         os.replace(tmp_path, path)
@@ -81,13 +157,13 @@ def state_dict_hash(state: Mapping[str, torch.Tensor], length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
-def file_sha256(path: str | os.PathLike, length: int = 16, chunk: int = 1 << 22) -> str:
-    """sha256 of a file's bytes (streamed), ``length`` hex digits."""
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """sha256 of a file's bytes (streamed): the full 64 hex digits."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()[:length]
+    return h.hexdigest()
 
 
 def code_version() -> str:

@@ -1,11 +1,15 @@
-"""train.py end to end (subprocesses): tiny experiment, 2-process CPU DDP over two tasks,
-struct-mode errors for unknown config keys."""
+"""train.py end to end (subprocesses): tiny experiment, 2-process CPU DDP over two tasks, a killed
+run resumed in its own folder, W&B offline runs read back from their .wandb files, struct-mode
+errors for unknown config keys, pretraining from the config."""
 
 from __future__ import annotations
 
 import os
+import signal
+import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,9 +26,13 @@ def _env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def _train(tmp: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    args = [sys.executable, str(TRAIN), *overrides, f"paths.root_dir={tmp}", f"hydra.run.dir={tmp / 'run'}"]
-    return subprocess.run(args, cwd=tmp, env=_env(tmp), capture_output=True, text=True, timeout=timeout)
+def _train(tmp: Path, *overrides: str, timeout: int = 600, run_dir: bool = True,
+           env: dict | None = None) -> subprocess.CompletedProcess:
+    args = [sys.executable, str(TRAIN), *overrides, f"paths.root_dir={tmp}"]
+    if run_dir:
+        args.append(f"hydra.run.dir={tmp / 'run'}")
+    return subprocess.run(args, cwd=tmp, env={**_env(tmp), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +65,16 @@ def test_train_tiny_writes_specialist_and_results(tiny_run, shared_cache):
         assert (run / name).exists(), name
     assert "FSAll_ff" in (run / "results.md").read_text()
     assert f"[r2m] fs: specialist {path}" in proc.stdout
+    # specialist metadata contract: families, carve, data config as composed, run group
+    assert meta["families"] == ["fs"] and meta["run_group"] == "run" and meta["selected"] == "best"
+    assert meta["data_config"]["_target_"] == "data_modules.fixtures.fixture_datamodule"
+    assert meta["data_config"]["family"] == "fs" and meta["data_config"]["mean"] is not None
+    assert "carve" in meta
+    # a readable log: no Lightning advert, hardware lines once, train/lr from LearningRateMonitor
+    logs = proc.stdout + proc.stderr
+    assert "💡" not in logs and "litlogger" not in logs and logs.count("GPU available:") == 1
+    header = (run / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/lr", "val/auc", "val/ap", "val/eer", "val/acc", "val/video_auc"} <= set(header)
 
 
 def test_train_ddp_cpu_two_tasks(tmp_path, tiny_run, shared_cache):
@@ -87,27 +105,27 @@ def test_unknown_config_key_is_an_error(tmp_path, override, key):
 
 def test_pretraining_from_config(tmp_path):
     """cfg.pretrain → a cached base file (real fixture images; reused on the second call)."""
-    import importlib.util
-
     from hydra import compose, initialize_config_dir
 
     from r2m.checkpoints import read_metadata
+    from r2m.training import run_pretraining
 
-    spec = importlib.util.spec_from_file_location("r2m_train_entry", TRAIN)
-    entry = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(entry)
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=[
             "experiment=tiny", f"paths.root_dir={tmp_path}",
             "pretrain={pretext: rotation, epochs: 1, lr: 0.001, seed: 0, max_steps: 2}",
         ])
-    path = entry.run_pretraining(cfg, "fs")
+    path = run_pretraining(cfg, "fs")
     meta = read_metadata(path)
     assert path.parent == tmp_path / ".cache" / "pretrained" and meta["format"] == "r2m-base/1"
     assert meta["data_identity"]["root"] == str(tmp_path / ".cache" / "df40_fixture")
     assert "family" not in meta["data_identity"]
     mtime = path.stat().st_mtime_ns
-    assert entry.run_pretraining(cfg, "fr") == path and path.stat().st_mtime_ns == mtime  # same base for every family
+    assert run_pretraining(cfg, "fr") == path and path.stat().st_mtime_ns == mtime  # same base for every family
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        bad = compose("train", overrides=["experiment=tiny", f"paths.root_dir={tmp_path}", "+pretrain={epochz: 1}"])
+    with pytest.raises(ValueError, match=r"pretrain: unknown key\(s\) \['epochz'\]"):
+        run_pretraining(bad, "fs")
 
 
 @pytest.mark.parametrize("overrides", [
@@ -129,7 +147,7 @@ def test_config_groups_compose(tmp_path, overrides):
     for key in ("image_size", "mean", "std", "model_name", "pretrained", "feature"):
         assert key in cfg.model, key
     assert cfg.data.image_size == cfg.model.image_size
-    default_callbacks = ["model_checkpoint", "specialist_export", "progress_bar"]
+    default_callbacks = ["model_checkpoint", "last_checkpoint", "specialist_export", "lr_monitor", "progress_bar"]
     # the built-in benchmark adds the merge callback, after the export it consumes
     assert list(cfg.callbacks or {}) in ([], default_callbacks, [*default_callbacks, "merge"])
     for node in (cfg.callbacks or {}).values():
@@ -139,3 +157,163 @@ def test_config_groups_compose(tmp_path, overrides):
         assert cfg.trainer.devices >= 2
     if cfg.trainer.accelerator == "gpu":
         assert cfg.trainer.precision == "bf16-mixed"
+
+
+def test_train_py_is_thin():
+    """The glue lives in r2m.training; train.py is a screen long."""
+    lines = TRAIN.read_text().splitlines()
+    assert len(lines) <= 60 and "r2m.training import train" in TRAIN.read_text()
+
+
+# ------------------------------------------------------------------------- killed run → resume
+
+
+def _load_ckpt(path: Path) -> dict | None:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - being written
+        return None
+
+
+def test_killed_run_resumes_in_its_own_folder(tmp_path, shared_cache):
+    """SIGKILL a training run after its first epochs; `resume=<run dir>` continues from last.ckpt (the
+    last epoch) in the same folder, where the specialist then appears (so a sweep's merge finds it)."""
+    import torch
+
+    common = ["experiment=tiny", "test_after_fit=false", "logger=csv", f"paths.cache_dir={shared_cache}"]
+    args = [sys.executable, str(TRAIN), *common, "trainer.max_epochs=200", f"paths.root_dir={tmp_path}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "logs" / "train" / "runs"
+    deadline = time.time() + 300
+    killed_at = None
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            lasts = list(runs.glob("*/checkpoints/last.ckpt")) if runs.is_dir() else []
+            ck = _load_ckpt(lasts[0]) if lasts else None
+            if ck is not None and ck["epoch"] >= 1:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=60)
+                killed_at = ck
+                break
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert killed_at is not None, (proc.stderr.read() if proc.stderr else "")[-3000:]
+    assert proc.returncode == -signal.SIGKILL
+    (run_dir,) = list(runs.iterdir())
+    assert not (run_dir / "specialist.safetensors").exists()
+    last = _load_ckpt(run_dir / "checkpoints" / "last.ckpt")  # may be newer than what we saw
+    done_epochs = last["epoch"] + 1
+    steps_per_epoch = last["global_step"] // done_epochs
+    target = done_epochs + 2
+
+    resumed = _train(tmp_path, *common, f"trainer.max_epochs={target}", f"resume={run_dir}", run_dir=False)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert list(runs.iterdir()) == [run_dir]  # no new run folder
+    assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
+    final = _load_ckpt(run_dir / "checkpoints" / "last.ckpt")
+    assert final["epoch"] == target - 1 and final["global_step"] == target * steps_per_epoch
+    from r2m.checkpoints import read_metadata
+
+    meta = read_metadata(run_dir / "specialist.safetensors")
+    assert meta["epochs"] == target and meta["selected"] == "best" and meta["run_group"] == run_dir.name
+    best = torch.load(run_dir / "checkpoints" / meta["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert best["epoch"] == meta["best_epoch"]
+    # the epochs before the kill were not trained again: the resumed CSV log starts after them
+    versions = sorted((run_dir / "csv").iterdir())
+    import csv
+
+    rows = list(csv.DictReader((versions[-1] / "metrics.csv").open()))
+    epochs = {int(r["epoch"]) for r in rows if r.get("epoch")}
+    assert min(epochs) >= done_epochs and max(epochs) == target - 1
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    proc = _train(tmp_path, "experiment=tiny", f"resume={tmp_path / 'nope'}", run_dir=False, timeout=300)
+    assert proc.returncode != 0 and "no last.ckpt to resume from" in proc.stderr
+    assert not (tmp_path / "nope" / "specialist.safetensors").exists()
+
+
+# ------------------------------------------------------------------------------ W&B offline runs
+
+
+def _wandb_records(path: Path):
+    """Records of a `.wandb` run file: wandb's LevelDB-style log (7-byte file header ':W&B' + magic +
+    version; 32 KiB blocks of chunks with a 7-byte header crc32/length/type) of `Record` protobufs."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path}: not a W&B datastore file"
+    block, off, pending = 32768, 7, b""
+    while off + 7 <= len(data):
+        left = block - off % block
+        if left < 7:
+            off += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[off:off + 7])
+        if kind == 0 and length == 0:
+            off += left
+            continue
+        chunk = data[off + 7:off + 7 + length]
+        off += 7 + length
+        if kind in (1, 2):  # full, first
+            pending = chunk
+        else:  # middle, last
+            pending += chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def _read_run(path: Path) -> dict:
+    import json
+
+    out = {"config": {}, "history_keys": set(), "exit_code": None}
+    for rec in _wandb_records(path):
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            out.update(name=rec.run.display_name, group=rec.run.run_group, job_type=rec.run.job_type,
+                       run_id=rec.run.run_id)
+        elif kind == "config":
+            for item in rec.config.update:
+                out["config"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+        elif kind == "history":
+            out["history_keys"] |= {item.key or "/".join(item.nested_key) for item in rec.history.item}
+        elif kind == "exit":
+            out["exit_code"] = rec.exit.exit_code
+    return out
+
+
+def test_wandb_training_runs_offline(tmp_path, shared_cache):
+    """A 2-job sweep with logger=wandb (offline): one run per job, group = the sweep folder, job_type
+    train, name = family, the run config once (no model hparams duplicated), val EER/AP/ACC logged,
+    and the group recorded in each specialist's metadata."""
+    from r2m.checkpoints import read_metadata
+
+    sweep = tmp_path / "sweep-xyz"
+    proc = _train(tmp_path, "-m", "experiment=tiny", "logger=wandb", "data.family=fs,fr", "trainer.max_epochs=1",
+                  "test_after_fit=false", f"paths.cache_dir={shared_cache}", f"hydra.sweep.dir={sweep}",
+                  "extras.print_config=true", run_dir=False, env={"WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    files = sorted(p for p in sweep.glob("*/wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 2, files
+    runs = [_read_run(f) for f in files]
+    assert [r["name"] for r in runs] == ["fs", "fr"]
+    assert {r["group"] for r in runs} == {"sweep-xyz"} and {r["job_type"] for r in runs} == {"train"}
+    assert len({r["run_id"] for r in runs}) == 2 and {r["exit_code"] for r in runs} == {0}
+    for run, family in zip(runs, ["fs", "fr"]):
+        config = run["config"]
+        assert config["data"]["family"] == family and config["model"]["model_name"] == "tiny-vit"
+        # save_hyperparameters(logger=False): the model's arguments are not logged a second time
+        assert not {"model_name", "model_cfg", "finetune", "label_smoothing"} & set(config), sorted(config)
+        assert {"val/auc", "val/ap", "val/eer", "val/acc", "train/lr"} <= run["history_keys"]
+    for job, family in (("0", "fs"), ("1", "fr")):
+        assert read_metadata(sweep / job / "specialist.safetensors")["run_group"] == "sweep-xyz"
+    # the config is printed once per sweep, not once per job
+    assert proc.stdout.count("task_name: train") == 1 and "sweep job 1: overrides" in proc.stdout

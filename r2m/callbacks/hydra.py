@@ -13,9 +13,7 @@ print the error and raise ``SystemExit(1)`` instead, so a failed merge or summar
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import sys
 import traceback
 from collections.abc import Sequence
@@ -39,13 +37,32 @@ def _fail(where: str, err: BaseException) -> None:
     raise SystemExit(1) from err
 
 
+def _deferred(callback: Callback, config: DictConfig) -> bool:
+    """Cluster mode (``r2m.cluster``): under a submitit launcher the callback runs as its own job
+    after the sweep, not in the submitting process; ``True`` when it was submitted."""
+    try:
+        from r2m.cluster import defer_to_cluster
+    except ImportError:
+        return False
+    return bool(defer_to_cluster(callback, config))
+
+
 def _wandb_node(config: DictConfig) -> dict[str, Any] | None:
     logger = config.get("logger")
     if not logger:
         return None
-    for node in OmegaConf.to_container(logger, resolve=True).values():
-        if isinstance(node, dict) and "wandb" in str(node.get("_target_", "")).lower():
-            return node
+    for name in logger:
+        node = logger[name]
+        if not OmegaConf.is_dict(node) or "wandb" not in str(node.get("_target_", "")).lower():
+            continue
+        out = {}
+        for key in node:  # after the sweep, ${hydra:runtime...} (e.g. save_dir) cannot be resolved: left out
+            try:
+                value = node[key]
+            except Exception:  # noqa: BLE001  (an interpolation of the jobs' runtime)
+                continue
+            out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        return out
     return None
 
 
@@ -114,6 +131,8 @@ class MergeOnMultirunEnd(Callback):
         from r2m.pipeline import run_merge
 
         try:
+            if _deferred(self, config):
+                return
             request, out_dir = self.request(config)
             from r2m.cluster import is_submitit  # sweeps helper: submitit launcher → the merge is its own job
 
@@ -144,58 +163,16 @@ class SweepSummary(Callback):
         if defer_to_cluster(self, config):
             return
         try:
+            if _deferred(self, config):
+                return
             self.summarise(config)
         except Exception as err:
             _fail(f"SweepSummary of {_sweep_dir(config)}", err)
 
     def summarise(self, config: DictConfig) -> dict[str, Any] | None:
-        from r2m.evaluation import ResultsTable
-        from r2m.report import WandbSettings, log_sweep_table
-        from r2m.utils import atomic_write_json, atomic_write_text
+        from r2m.report import WandbSettings, summarise_sweep
 
         sweep = _sweep_dir(config)
         job_dirs = sorted((p.parent for p in sweep.glob("*/.hydra")), key=lambda p: (len(p.name), p.name))
-        combined = ResultsTable()
-        candidates: list[dict[str, Any]] = []
-        groups: set[str] = set()
-        for job_dir in job_dirs:
-            summary_path = job_dir / "summary.json"
-            if not summary_path.is_file():
-                raise RuntimeError(f"{job_dir}: no summary.json (the job did not finish)")
-            summary = json.loads(summary_path.read_text())
-            if summary.get("status") != "complete":
-                raise RuntimeError(f"{summary_path}: status {summary.get('status')!r}: {summary.get('error')}")
-            if summary.get("wandb_group"):
-                groups.add(summary["wandb_group"])
-            results = job_dir / "results.json"
-            if results.is_file():
-                combined.extend(ResultsTable.load(results), skip_existing=True)
-            for model in summary.get("models", []):
-                if model.get("group") == "merge":
-                    candidates.append({**model, "job_dir": str(job_dir)})
-        if not candidates:
-            raise RuntimeError(f"no merged models in the job folders of {sweep}")
-        if combined.rows:
-            combined.write_comparison(sweep, stem="sweep_comparison")
-            print(f"\nSweep comparison ({sweep}):\n{combined.comparison_markdown()}\n", flush=True)
-        scored = [c for c in candidates if isinstance(c.get(self.choose_on), (int, float))
-                  and math.isfinite(c[self.choose_on])]
-        settings = WandbSettings.from_logger_config(_wandb_node(config), dir=str(sweep),
-                                                    group=next(iter(groups)) if len(groups) == 1 else None)
-        rows = [{"model": c["name"], "job_dir": c["job_dir"], self.choose_on: c.get(self.choose_on),
-                 **{k: v for k, v in c.items() if k.startswith("hp/")},
-                 **{f"test/{s}/{m}": v for s, ms in (c.get("per_split") or {}).items() for m, v in ms.items()
-                    if m in ("auc", "eer")}} for c in candidates]
-        log_sweep_table(settings, rows, name=f"sweep summary ({len(rows)} merges)")
-        if not scored:
-            log.warning("SweepSummary: no job reported %s; no point chosen", self.choose_on)
-            return None
-        best = max(scored, key=lambda c: c[self.choose_on])
-        atomic_write_json(sweep / "best.json", {"chosen_on": self.choose_on, **best})
-        lines = [f"Chosen on {self.choose_on} = {best[self.choose_on]:.4f}: {best['name']} ({best['job_dir']})"]
-        for split, metrics in (best.get("per_split") or {}).items():
-            lines.append(f"  {split}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
-                                                   if isinstance(v, (int, float))))
-        atomic_write_text(sweep / "best.txt", "\n".join(lines) + "\n")
-        print("\n".join(lines), flush=True)
-        return best
+        return summarise_sweep(sweep, job_dirs, choose_on=self.choose_on,
+                               wandb=WandbSettings.from_logger_config(_wandb_node(config), dir=str(sweep)))

@@ -34,7 +34,8 @@ def curve_style(index: int) -> tuple[str, str]:
     """``(colour, linestyle)`` of the ``index``-th curve: 20 distinct colours; the light half and
     every further round of 20 also get their own line style, so no two of the first 80 curves
     look alike."""
-    return _PALETTE[index % len(_PALETTE)], _LINESTYLES[(index // 10) % len(_LINESTYLES)]
+    rounds, light = divmod(index, len(_PALETTE))
+    return _PALETTE[light], _LINESTYLES[(rounds + light // 10) % len(_LINESTYLES)]
 
 
 def mean_roc(curves: Sequence[tuple[np.ndarray, np.ndarray]], grid: np.ndarray = _GRID) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""open_clip backbones, the ``DeepfakeDetector`` LightningModule, specialist export, base pretraining.
+"""open_clip backbones, the ``DeepfakeDetector`` LightningModule, LR schedules, specialist export,
+base pretraining.
 
 Names are imported lazily so that ``import r2m.models.backbone`` does not pull in Lightning.
 """
@@ -16,6 +17,8 @@ _EXPORTS = {
     "OPENAI_CLIP_STD": "r2m.models.backbone",
     "DeepfakeDetector": "r2m.models.detector",
     "SpecialistExport": "r2m.models.export",
+    "warmup_cosine": "r2m.models.schedules",
+    "warmup_constant": "r2m.models.schedules",
     "pretrain_base": "r2m.models.pretrain",
     "ensure_pretrained_base": "r2m.models.pretrain",
 }

@@ -1,9 +1,13 @@
 """``DeepfakeDetector``: an open_clip visual tower + a 2-logit linear head, as a LightningModule.
 
 Recipe defaults follow DF40's CLIP detector (deepfake.md §2.2): full fine-tuning, the head on the
-pooled 1024-d (ViT-L/14) feature, cross-entropy; the optimizer, LR schedule and freezing are
-configurable. Validation logs ``val/auc`` (torchmetrics ``BinaryAUROC`` on p(fake) =
-softmax(logits)[:, 1]) per epoch, which checkpointing monitors.
+pooled 1024-d (ViT-L/14) feature, cross-entropy; freezing is configurable, and the optimizer and LR
+schedule are factories (Hydra ``_partial_: true`` configs, see ``configs/model/*.yaml`` and
+:mod:`r2m.models.schedules`). Validation logs, per epoch, ``val/auc``, ``val/ap``, ``val/eer``,
+``val/acc`` (and ``val/video_auc``, ``val/video_eer``, ``val/video_acc`` when batches carry
+``video_id``) of p(fake) = softmax(logits)[:, 1], computed exactly by
+:class:`r2m.evaluation.DetectionMetrics` (the test metrics' code); ``val/auc`` is what checkpointing
+monitors. Nothing is logged for the sanity-check pass.
 
 θ0 (the backbone state before any training) is identified by ``base_hash``
 (:func:`r2m.utils.state_dict_hash`) computed at construction. For a random init a CPU copy of θ0
@@ -15,10 +19,10 @@ the copy anyway: 1.2 GB for ViT-L/14 in fp32). The hash travels in Lightning che
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+from torchmetrics.classification import BinaryAccuracy
 
 from r2m.checkpoints import (
     MERGED_FORMAT,
@@ -37,35 +41,18 @@ from r2m.checkpoints import (
     save_base,
     save_specialist,
 )
-from r2m.models.backbone import to_plain, build_backbone, load_backbone_weights
+from r2m.evaluation.metric import DetectionMetrics
+from r2m.models.backbone import build_backbone, load_backbone_weights
 from r2m.utils import code_version, state_dict_hash
 
-__all__ = ["DeepfakeDetector", "WarmupSchedule", "FINETUNE_MODES"]
+__all__ = ["DeepfakeDetector", "FINETUNE_MODES", "VAL_METRICS"]
 
 FINETUNE_MODES = ("full", "layernorm", "last_k")
-OPTIMIZERS = ("adamw", "adam")
-SCHEDULERS = ("constant", "cosine")
+#: validation metrics logged as ``val/<key>`` (video-level ones when batches carry ``video_id``)
+VAL_METRICS = ("auc", "ap", "eer", "acc", "video_auc", "video_eer", "video_acc")
 
-
-class WarmupSchedule:
-    """LR multiplier per optimizer step: linear warmup ``(s+1)/w`` for ``s < w``, then constant 1
-    or a cosine decay ``m + (1-m)·½(1+cos(π·p))`` with progress ``p = (s-w)/(T-w)`` ∈ [0, 1] and
-    floor ``m = min_lr_ratio`` (Loshchilov & Hutter, SGDR, 2017). A callable object (not a
-    lambda) so ``LambdaLR`` can save and restore it."""
-
-    def __init__(self, kind: str, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> None:
-        if kind not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {kind!r}")
-        self.kind, self.warmup_steps, self.total_steps, self.min_lr_ratio = kind, int(warmup_steps), int(total_steps), float(min_lr_ratio)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if self.kind == "constant":
-            return 1.0
-        span = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, max(0.0, (step - self.warmup_steps) / span))
-        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
 class DeepfakeDetector(L.LightningModule):
@@ -75,11 +62,10 @@ class DeepfakeDetector(L.LightningModule):
         model_name, model_cfg, pretrained, image_size, feature: see :func:`r2m.models.build_backbone`.
         mean, std: input statistics (``None`` → those of the weights, ``BackboneInfo.mean/std``);
             recorded in exported files; the data module normalises with them.
-        optimizer: ``"adamw"`` (decoupled weight decay) or ``"adam"`` (L2 weight decay, DF40's).
-        lr, weight_decay, betas, eps: optimizer settings.
-        scheduler: ``"constant"`` or ``"cosine"`` (per step), after ``warmup_steps`` linear warmup
-            steps, or ``warmup_ratio`` × total steps when ``warmup_ratio`` is set.
-        min_lr_ratio: cosine floor as a fraction of ``lr``.
+        optimizer: ``params → torch.optim.Optimizer`` (a Hydra ``_partial_: true`` config such as
+            ``{_target_: torch.optim.AdamW, _partial_: true, lr: 1e-3}``); ``None`` → AdamW, lr 1e-5.
+        scheduler: ``(optimizer, total_steps) → LRScheduler`` stepped per optimizer step (e.g.
+            :func:`r2m.models.schedules.warmup_cosine` as a ``_partial_``); ``None`` → constant LR.
         finetune: ``"full"``; ``"layernorm"`` (only LayerNorm weights/biases + head train);
             ``"last_k"`` (the last ``last_k`` transformer blocks, ``ln_post`` (and ``proj``) + head).
         label_smoothing: cross-entropy label smoothing.
@@ -98,15 +84,8 @@ class DeepfakeDetector(L.LightningModule):
         feature: str = "pooled",
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
-        optimizer: str = "adamw",
-        lr: float = 1e-5,
-        weight_decay: float = 0.0,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        scheduler: str = "constant",
-        warmup_steps: int = 0,
-        warmup_ratio: float | None = None,
-        min_lr_ratio: float = 0.0,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
         finetune: str = "full",
         last_k: int = 1,
         label_smoothing: float = 0.0,
@@ -114,18 +93,28 @@ class DeepfakeDetector(L.LightningModule):
         keep_base_copy: bool | None = None,
     ) -> None:
         super().__init__()
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
         if finetune not in FINETUNE_MODES:
             raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {finetune!r}")
-        # plain containers (not OmegaConf nodes) so hparams pickle under torch.load(weights_only=True)
-        model_cfg = to_plain(model_cfg)
+        for name, factory in (("optimizer", optimizer), ("scheduler", scheduler)):
+            if factory is not None and not callable(factory):
+                raise TypeError(
+                    f"DeepfakeDetector: {name} must be a factory (a Hydra `_partial_: true` config or a "
+                    f"functools.partial), got {factory!r}"
+                )
+        # hparams go into Lightning checkpoints, which are read with torch.load(weights_only=True):
+        # plain containers only (Hydra configs instantiate the model with `_convert_: all`)
+        if model_cfg is not None and not isinstance(model_cfg, dict):
+            raise TypeError(
+                f"DeepfakeDetector: model_cfg must be a plain dict, got {type(model_cfg).__name__} "
+                "(instantiate the model config with `_convert_: all`)"
+            )
         mean = None if mean is None else [float(x) for x in mean]
         std = None if std is None else [float(x) for x in std]
-        betas = [float(b) for b in betas]
-        self.save_hyperparameters()
+        # the factories are not hyperparameters of the checkpoint (not weights_only-loadable); the
+        # resolved run config (exported as specialist metadata) records them
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
+        self.optimizer_factory: OptimizerFactory = optimizer or functools.partial(torch.optim.AdamW, lr=1e-5)
+        self.scheduler_factory: SchedulerFactory | None = scheduler
         self.backbone, self.info = build_backbone(
             model_name=model_name, model_cfg=model_cfg, pretrained=pretrained, image_size=image_size, feature=feature
         )
@@ -147,12 +136,13 @@ class DeepfakeDetector(L.LightningModule):
         self.train_loss = MeanMetric()
         self.train_acc = BinaryAccuracy()
         self.val_loss = MeanMetric()
-        self.val_acc = BinaryAccuracy()
-        self.val_auc = BinaryAUROC()
+        self.val_metrics = DetectionMetrics()
 
         self.task_name: str | None = None
         self.train_sources: list[str] = []
-        self.run_config: Any = None  # resolved run config, set by train.py, exported as metadata
+        self.run_config: Any = None  # resolved run config, set by r2m.training, exported as metadata
+        self.data_config: dict[str, Any] | None = None  # the data module's resolved config (r2m.training)
+        self.run_group: str | None = None  # the W&B / Hydra sweep group of the run (r2m.training)
         self.test_results = None  # r2m.evaluation.EvalResult after trainer.test
         self.evaluator = None
         self.exported_specialist_path: Path | None = None
@@ -212,33 +202,47 @@ class DeepfakeDetector(L.LightningModule):
         self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
-        if self._trainer is not None and self.trainer.optimizers:
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         labels = batch["label"]
         logits = self(batch["image"])
         self.val_loss.update(self._loss(logits, labels))
-        probs = logits.float().softmax(-1)[:, 1]
-        self.val_auc.update(probs, labels)
-        self.val_acc.update(logits.argmax(-1), labels)
-        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True)
-        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True)
-        self.log("val/auc", self.val_auc, on_step=False, on_epoch=True, prog_bar=True)
+        self.val_metrics.update(logits.float().softmax(-1)[:, 1], labels, batch.get("video_id"))
+        if not self._sanity_checking():
+            self.log("val/loss", self.val_loss, on_step=False, on_epoch=True)
+
+    def _sanity_checking(self) -> bool:
+        return self._trainer is not None and self.trainer.sanity_checking
+
+    def on_validation_epoch_end(self) -> None:
+        if self._sanity_checking():  # a few batches, maybe one class: no metrics, nothing logged
+            self.val_metrics.reset()
+            self.val_loss.reset()
+            return
+        try:
+            metrics = self.val_metrics.compute()  # a collective under DDP: every rank gets the result
+        except ValueError as err:
+            raise ValueError(f"validation metrics (epoch {self.current_epoch}): {err}") from err
+        finally:
+            self.val_metrics.reset()
+        for key in VAL_METRICS:
+            if key in metrics:
+                self.log(f"val/{key}", float(metrics[key]), prog_bar=key == "auc", sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
+        """The optimizer over the trainable parameters and, with a trainer attached, the per-step
+        schedule (a constant one when ``scheduler`` is None) named ``train/lr`` for Lightning's
+        ``LearningRateMonitor``. Without a trainer (total steps unknown): the optimizer alone."""
         params = [p for p in self.parameters() if p.requires_grad]
-        kwargs = dict(lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay)
-        opt = torch.optim.AdamW(params, **kwargs) if hp.optimizer == "adamw" else torch.optim.Adam(params, **kwargs)
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0
-        warmup = int(round(hp.warmup_ratio * total)) if hp.warmup_ratio is not None else int(hp.warmup_steps)
-        if hp.scheduler == "constant" and warmup == 0:
+        opt = self.optimizer_factory(params)
+        if self._trainer is None:
             return opt
-        schedule = WarmupSchedule(hp.scheduler, warmup, total, hp.min_lr_ratio)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}
+        if self.scheduler_factory is None:
+            sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+        else:
+            sched = self.scheduler_factory(opt, total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "train/lr"}}
 
     def setup(self, stage: str) -> None:
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None

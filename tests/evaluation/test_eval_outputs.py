@@ -202,3 +202,40 @@ def test_log_to_wandb_disabled_mode(tmp_path, monkeypatch):
         log_to_wandb(run, t, images)
     finally:
         run.finish()
+
+
+def test_extend_skip_existing_keeps_shared_models_once():
+    """A sweep's jobs all evaluate the same specialists: the combined table holds each model once."""
+    a, b = ResultsTable(), ResultsTable()
+    a.add("specialist:fs", _result(0), group="specialist")
+    a.add("r2m[alpha=0.4]", _result(1), group="merge")
+    b.add("specialist:fs", _result(0), group="specialist")
+    b.add("r2m[alpha=0.8]", _result(2), group="merge")
+    c = ResultsTable()
+    c.extend(a)
+    with pytest.raises(ValueError, match="already in the table"):
+        c.extend(b)
+    c = ResultsTable()
+    c.extend(a, skip_existing=True)
+    c.extend(b, skip_existing=True)
+    assert [m for m, _ in c.models] == ["specialist:fs", "r2m[alpha=0.4]", "r2m[alpha=0.8]"]
+    assert sum(r["model"] == "specialist:fs" for r in c.rows) == sum(r["model"] == "specialist:fs" for r in a.rows)
+
+
+def test_roc_styles_stay_distinct_with_many_curves(tmp_path):
+    from matplotlib.image import imread
+
+    from r2m.evaluation.plots import curve_style
+
+    styles = [curve_style(i) for i in range(80)]
+    assert len(set(styles)) == 80
+    assert len({c for c, _ in styles[:20]}) == 20
+    # the merge callback's default comparison: 3 specialists, joint, 4 R²M variants, 8 baselines
+    models = ["specialist:a", "specialist:b", "specialist:c", "joint", "r2m", "r2m[center]", "r2m[minus_core]",
+              "r2m[center,minus_core]", "average", "task_arithmetic", "ties", "dare", "cart", "tsv", "iso_c", "iso_cts"]
+    colour = dict(zip(models, (curve_style(i)[0] for i in range(len(models)))))
+    assert colour["joint"] != colour["tsv"]
+    paths = plot_roc({m: _result(i % 3) for i, m in enumerate(models)}, SPLITS, tmp_path)
+    few = plot_roc({m: _result(i % 3) for i, m in enumerate(models[:3])}, SPLITS, tmp_path / "few")
+    # 16 curves: legend beside the axes on a wider figure
+    assert imread(paths[0]).shape[1] > imread(few[0]).shape[1]

@@ -42,8 +42,9 @@ def make_specialists(root: Path, tasks=("fs", "fr", "efs"), seed: int = 0, scale
     return paths
 
 
-def run_script(script: str, args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_script(script: str, args: list[str], cwd: Path, timeout: int = 600,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1",
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)

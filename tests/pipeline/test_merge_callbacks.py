@@ -1,5 +1,5 @@
-"""The merge callbacks end to end: the built-in benchmark command at a tiny size (Lightning
-MergeCallback, several tasks in one process) and a tiny training multirun (Hydra callback)."""
+"""The Lightning merge callback end to end: the built-in benchmark command at a tiny size (several
+tasks in one process). The Hydra callback: tests/pipeline/test_merge_workflows.py."""
 
 from __future__ import annotations
 
@@ -38,18 +38,3 @@ def test_builtin_benchmark_command_smoke(tmp_path):
     assert (run_dir / "merge" / "merged" / "r2m" / "merged.safetensors").is_file()
     assert list((run_dir / "merge").glob("roc_*.png"))
     assert "Comparison" in proc.stdout
-
-
-def test_hydra_callback_merges_after_training_multirun(tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    proc = run_script("train.py", [
-        "-m", "experiment=tiny", "data.family=fs,fr,joint", f"paths.root_dir={tmp_path}",
-        f"hydra.sweep.dir={sweep_dir}", "trainer.max_epochs=1", "test_after_fit=false", "logger=none",
-        "+hydra.callbacks.merge._target_=r2m.callbacks.hydra.MergeOnMultirunEnd",
-        "+hydra.callbacks.merge.methods=[r2m,average]",
-    ], cwd=tmp_path, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = _comparison(sweep_dir / "merge" / "comparison.json")
-    assert set(rows) == {"specialist:fr", "specialist:fs", "joint", "r2m", "average"}
-    manifest = json.loads((sweep_dir / "merge" / "merged" / "r2m" / "manifest.json").read_text())
-    assert sorted(s["task"] for s in manifest["specialists"]) == ["fr", "fs"]  # the joint model is not merged
