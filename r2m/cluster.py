@@ -5,9 +5,9 @@
 With the submitit launchers of ``hydra_plugins/r2m_launcher`` (``configs/hydra/launcher/slurm.yaml``)
 the launcher submits the training array, writes ``<sweep>/.submitit/r2m_sweep_jobs.json`` (job ids,
 folders) and — ``hydra.launcher.wait=false``, the default there — returns at once. The multirun-end
-work then does not run in the submitting process: ``MergeOnMultirunEnd`` hands its merge request to
-:func:`submit_after_sweep`, and ``SweepSummary`` (``merge.py -m``) defers itself through
-:func:`defer_to_cluster`; each becomes one submitit job with an ``afterok`` dependency on the
+work then does not run in the submitting process: ``MergeOnMultirunEnd`` and ``SweepSummary``
+(``merge.py -m``) defer themselves through :func:`defer_to_cluster` (``MergeOnMultirunEnd`` with
+``submit_after_sweep=true`` hands its merge request to :func:`submit_after_sweep`); each becomes one submitit job with an ``afterok`` dependency on the
 sweep's array (SLURM ``--dependency=afterok:<array id>``), so the merges run on a compute node once
 every training job succeeded, and the login session can be left as soon as the command returns. The post-sweep job re-checks every training job's submitit result file before it starts
 and fails, naming the job and its log, if one did not succeed (the local executor has no

@@ -9,7 +9,8 @@ whose configs are equal except for the merge method's hyperparameters form a gro
 points differing only in a method's sweep-free hyperparameters (R²M: ``alpha``, ``eta``) are
 consecutive. Each job then still runs as its own Hydra job (own folder, log, ``.hydra``, callbacks,
 W&B run, return value), inside :func:`planned` with the group's :class:`GroupPlan` active; the
-pipeline's merge step calls :func:`planned_merge` instead of :func:`r2m.merging.merge`, which
+pipeline's merge step (``r2m.pipeline._merge_stream``) then calls :func:`planned_merge` instead of
+``run_jobs``, which
 serves the job's θ* from the group's ``merge_many`` generator (one residual-sum pass for all α/η
 points of one rank ratio, the decomposition cache for the rest) — bit-identical to ``merge`` with a
 cache. Anything unplanned (another method, other inputs, a job run out of order) falls back to
@@ -29,7 +30,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GroupPlan", "SweepGroup", "plan_groups", "planned", "planned_merge", "planned_jobs", "active_plan"]
+__all__ = ["GroupPlan", "SweepGroup", "plan_groups", "planned", "planned_merge", "active_plan"]
 
 _ACTIVE: list[GroupPlan] = []
 
@@ -217,14 +218,3 @@ def planned_merge(method: str, base: Mapping[str, torch.Tensor], specialists: Se
             plan.fallbacks += 1
     return merge(method, base, specialists, **kwargs)
 
-
-def planned_jobs(run_jobs: Any, jobs: Sequence[Any], base: Mapping[str, torch.Tensor],
-                 specialists: Sequence[Mapping[str, torch.Tensor]], **kwargs: Any) -> Iterator[tuple[Any, dict]]:
-    """``run_jobs(jobs, base, specialists, **kwargs)`` (:func:`r2m.merging.jobs.run_jobs`) when no
-    group plan is active; under one, each job's θ* from :func:`planned_merge` (the group's pass for
-    its planned point, ``merge`` for anything else, e.g. ``extra_methods``), in ``jobs`` order."""
-    if active_plan() is None:
-        yield from run_jobs(jobs, base, specialists, **kwargs)
-        return
-    for job in jobs:
-        yield job, planned_merge(job.method, base, specialists, **kwargs, **dict(job.hparams))

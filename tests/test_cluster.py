@@ -134,7 +134,7 @@ def test_training_sweep_submits_and_leaves_the_merge_to_its_own_job(tmp_path):
     assert len(manifest["jobs"]) == 2 and (sweep / ".submitit" / SWEEP_MANIFEST).is_file()
     post = json.loads((sweep / ".submitit" / POST_MANIFEST).read_text())
     assert not Path(post["result"]).exists(), "the submitting process waited for the post-sweep job"
-    assert "MergeOnMultirunEnd: the merge of 2 job(s) runs as submitit job" in text
+    assert "MergeOnMultirunEnd" in text and "runs as submitit job" in text
 
     deadline = time.monotonic() + 1200
     while not Path(post["result"]).is_file():

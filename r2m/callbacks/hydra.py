@@ -134,9 +134,7 @@ class MergeOnMultirunEnd(Callback):
             if _deferred(self, config):
                 return
             request, out_dir = self.request(config)
-            from r2m.cluster import is_submitit  # sweeps helper: submitit launcher → the merge is its own job
-
-            if self.submit_after_sweep or is_submitit(config):
+            if self.submit_after_sweep:
                 self.submit(config, request, out_dir)
             else:
                 run_merge(request, self.jobs, out_dir=out_dir)
@@ -158,10 +156,6 @@ class SweepSummary(Callback):
         self.choose_on = choose_on
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from r2m.cluster import defer_to_cluster  # sweeps helper: submitit launcher → runs as a job after the sweep
-
-        if defer_to_cluster(self, config):
-            return
         try:
             if _deferred(self, config):
                 return
