@@ -259,7 +259,7 @@ def _fail_stale(study: Any) -> list[int]:
 
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
     for t in stale:
-        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         log.warning("search: trial %d was left RUNNING by an earlier process; marked FAIL", t.number)
     return [t.number for t in stale]
 

@@ -207,3 +207,47 @@ def test_search_logs_one_wandb_run_per_trial(specialists, tmp_path, monkeypatch)
     assert "test/overall/auc" in merge_runs[best_run][2]        # only the chosen point is tested
     assert not any(k.startswith("test/") for n in trial_names for k in merge_runs[n][2])
     assert [v[0] for v in runs.values()].count("merge-summary") == 1
+
+
+class _QuadraticRunner:
+    """A runner whose score is a known function of alpha: tests the study management alone."""
+
+    def identity(self):
+        return {"runner": "quadratic"}
+
+    def run(self, name, hparams, out_dir, *, test, save, context):
+        from r2m.search import TrialOutcome
+
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return TrialOutcome(val_auc=1.0 - (hparams["alpha"] - 0.7) ** 2)
+
+
+def test_resume_fails_stale_trials_and_errors_are_stored(tmp_path):
+    import optuna
+
+    spec = parse_search({"study_name": "q", "dir": str(tmp_path), "n_trials": 3,
+                         "sampler": {"n_startup_trials": 2},
+                         "params": {"alpha": {"interval": [0.1, 1.2]}}}, "r2m", {})
+    run_search(spec, _QuadraticRunner())
+    db = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.load_study(study_name="q", storage=db).ask()  # a process that died mid-trial
+    spec4 = parse_search({"study_name": "q", "dir": str(tmp_path), "n_trials": 4,
+                          "params": {"alpha": {"interval": [0.1, 1.2]}}, "sampler": {"n_startup_trials": 2}},
+                         "r2m", {})
+    run_search(spec4, _QuadraticRunner())
+    states = [t.state.name for t in optuna.load_study(study_name="q", storage=db).get_trials()]
+    assert states == ["COMPLETE"] * 3 + ["FAIL", "COMPLETE"]
+
+    class Broken(_QuadraticRunner):
+        def run(self, *args, **kwargs):
+            raise RuntimeError("evaluation exploded")
+
+    spec5 = parse_search({"study_name": "q", "dir": str(tmp_path), "n_trials": 5,
+                          "params": {"alpha": {"interval": [0.1, 1.2]}}, "sampler": {"n_startup_trials": 2}},
+                         "r2m", {})
+    with pytest.raises(RuntimeError, match="evaluation exploded"):
+        run_search(spec5, Broken())
+    trials = optuna.load_study(study_name="q", storage=db).get_trials()
+    assert trials[-1].state.name == "FAIL"
+    rows = _read_csv(tmp_path / "trials.csv")
+    assert [r["state"] for r in rows] == [t.state.name for t in trials]  # the table matches the storage
