@@ -37,6 +37,7 @@ builds its own :class:`FaceExtractor` (dlib objects cannot be pickled).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -65,6 +66,7 @@ __all__ = [
     "predictor_path",
     "FaceExtractor",
     "extract_file",
+    "extract_task",
     "extract_many",
     "get_worker_extractor",
 ]
@@ -303,6 +305,15 @@ def _dlib():
     return dlib
 
 
+@functools.lru_cache(maxsize=1)
+def _dlib_models():
+    """dlib's HOG detector and the 68-point predictor, loaded once per process (the predictor file
+    is ~100 MB) and shared by every :class:`FaceExtractor` of the process (not thread-safe: use
+    processes, as :func:`extract_many` does)."""
+    dlib = _dlib()
+    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(predictor_path()))
+
+
 @dataclass
 class Face:
     """One detected and aligned face.
@@ -397,8 +408,7 @@ class FaceExtractor:
         self.all_faces, self.redetect = bool(all_faces), bool(redetect)
         self.detect_max_side = None if detect_max_side is None else int(detect_max_side)
         self.template = alignment_template(self.size, self.scale)
-        self._detector = dlib.get_frontal_face_detector()
-        self._predictor = dlib.shape_predictor(str(predictor_path()))
+        self._detector, self._predictor = _dlib_models()
         self._dlib = dlib
 
     def detect(self, image: np.ndarray) -> list[tuple[int, int, int, int]]:
@@ -482,6 +492,16 @@ def extract_file(path: str | os.PathLike, extractor: FaceExtractor, n_frames: in
         faces, reason = extractor.faces(frames[i])
         result.frames.append(FrameResult(i, times.get(i), faces, reason, frames[i] if keep_frames else None))
     return result
+
+
+def extract_task(task: tuple[str, int | None, bool], extractor: FaceExtractor) -> MediaResult:
+    """:func:`extract_file` for ``(path, n_frames, keep_frames)``, never raising (pool-friendly):
+    an unexpected failure becomes ``MediaResult.error``."""
+    path, n_frames, keep_frames = task
+    try:
+        return extract_file(path, extractor, n_frames, keep_frames=keep_frames)
+    except Exception as err:
+        return MediaResult(path=os.fspath(path), kind=media_kind(path), error=f"{type(err).__name__}: {err}")
 
 
 # ------------------------------------------------------------------------------------ parallel

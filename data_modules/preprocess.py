@@ -167,8 +167,6 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 def process_video(task: VideoTask, extractor: FaceExtractor) -> dict[str, Any]:
     """Extract, write and report one video (run in a pool worker). Never raises for bad media."""
-    from r2m.utils import atomic_write_json
-
     done = _finished(task)
     if done is not None:
         return {**done, "resumed": True}
@@ -221,13 +219,28 @@ def process_video(task: VideoTask, extractor: FaceExtractor) -> dict[str, Any]:
         "per_frame": per_frame,
     }
     if status == "ok":  # the report marks the video finished: written last
-        atomic_write_json(task.report_path, report)
+        _atomic_json(task.report_path, report)
     else:  # a failed video leaves nothing behind that could look finished
         task.report_path.unlink(missing_ok=True)
         for d in (task.frames_dir, task.landmarks_dir):
             if d.exists():
                 shutil.rmtree(d)
     return {**report, "resumed": False}
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    """Atomic JSON write (temporary file + rename), as ``r2m.utils.atomic_write_json`` but without
+    importing torch into every pool worker."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_identities(path: str | os.PathLike) -> dict[str, list[str]]:

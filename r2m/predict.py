@@ -55,18 +55,6 @@ def collect_media(inputs: Sequence[str | os.PathLike]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _extract_for_predict(task: tuple[str, int | None, bool], extractor) -> Any:
-    from data_modules.faces import extract_file
-
-    path, n_frames, keep_frames = task
-    try:
-        return extract_file(path, extractor, n_frames, keep_frames=keep_frames)
-    except Exception as err:  # an unexpected failure of one file must not stop the batch
-        from data_modules.faces import MediaResult, media_kind
-
-        return MediaResult(path=path, kind=media_kind(path), error=f"{type(err).__name__}: {err}")
-
-
 @dataclass
 class _Pending:
     record: dict[str, Any]
@@ -170,7 +158,7 @@ class Predictor:
             keep_frames: bool = False) -> Iterator[tuple[dict[str, Any], Any]]:
         """Yield ``(record, MediaResult)`` per file, in input order; faces are scored in batches that
         span files. ``keep_frames`` keeps the full sampled frames in the results (for annotation)."""
-        from data_modules.faces import extract_many
+        from data_modules.faces import extract_many, extract_task
 
         tasks = [(p, self.n_frames, keep_frames) for p in paths]
         queue: list[_Pending] = []
@@ -190,7 +178,7 @@ class Predictor:
                 done = queue.pop(0)
                 yield self._finish(done.record), done.result
 
-        for result in extract_many(_extract_for_predict, tasks, self.extractor_kwargs, workers=workers,
+        for result in extract_many(extract_task, tasks, self.extractor_kwargs, workers=workers,
                                    desc="predict", progress=progress):
             rec = self._record(result)
             pending = _Pending(rec, result, result.n_faces)
