@@ -99,3 +99,20 @@ def test_detector_errors(tmp_path, inputs):
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     assert cli.main([str(tmp_path / "junk.safetensors"), str(inputs["folder"]), "--out", str(tmp_path)]) == 2
     assert not (tmp_path / "predictions.json").exists()
+
+
+def test_merged_file_scores_like_its_weights_and_base_is_refused(tmp_path, tiny_detector, media_dir):
+    import predict as cli
+    from r2m.checkpoints import load_checkpoint, save_base, save_merged
+    from r2m.predict import predict
+
+    ck = load_checkpoint(tiny_detector)
+    meta = {k: ck.meta[k] for k in ("model_name", "model_spec", "feature", "image_size", "mean", "std")}
+    merged = save_merged(tmp_path / "merged.safetensors", ck.backbone, ck.head,
+                         {**meta, "base_hash": ck.meta["base_hash"], "task": "merged", "method": "average"})
+    spec = predict(tiny_detector, [media_dir["image"]], device="cpu", progress=False)
+    got = predict(merged, [media_dir["image"]], device="cpu", progress=False)
+    assert got["detector"]["format"] == "r2m-merged/1" and spec["detector"]["format"] == "r2m-specialist/1"
+    assert got["files"][0]["prob"] == spec["files"][0]["prob"]
+    base = save_base(tmp_path / "base.safetensors", ck.backbone, meta)
+    assert cli.main([str(base), str(media_dir["image"]), "--out", str(tmp_path / "p")]) == 2
