@@ -62,8 +62,8 @@ def analyse(predictor, path: str | None) -> tuple[str, list, Any, list[list[Any]
     gallery, rows = [], []
     for fr, frec in zip(result.frames, record["frames"]):
         for k, (face, frace) in enumerate(zip(fr.faces, frec["faces"])):
-            where = f"t={fr.time:.2f}s" if fr.time is not None else f"frame {fr.index}"
-            gallery.append((face.crop, f"{where} face {k}: p(fake)={frace['prob']:.2f}"))
+            where = f"{fr.time:.1f}s" if fr.time is not None else f"#{fr.index}"
+            gallery.append((face.crop, f"{where}{f' face {k}' if k else ''}: {frace['prob']:.2f}"))
             rows.append([fr.index, None if fr.time is None else round(fr.time, 3), k, round(frace["prob"], 4)])
         if not fr.faces:
             rows.append([fr.index, None if fr.time is None else round(fr.time, 3), None, None])

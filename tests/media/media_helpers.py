@@ -74,6 +74,20 @@ def write_png(path: Path, rgb: np.ndarray) -> Path:
     return path
 
 
+def two_faces() -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """The astronaut patch twice (full size and 0.75×) side by side, and the expected face boxes."""
+    import cv2
+
+    patch = astronaut()[PATCH]
+    small = cv2.resize(patch, (192, 192), interpolation=cv2.INTER_AREA)
+    canvas = np.full((256, 480, 3), 128, np.uint8)
+    canvas[:, :256] = patch
+    canvas[32:224, 272:464] = small
+    big_box = PATCH_BOX
+    small_box = tuple(round(v * 0.75) + o for v, o in zip(PATCH_BOX, (272, 32, 272, 32)))
+    return canvas, [big_box, small_box]
+
+
 def no_face_image() -> np.ndarray:
     """A textured image without a face (smooth noise)."""
     rng = np.random.default_rng(0)

@@ -116,3 +116,16 @@ def test_merged_file_scores_like_its_weights_and_base_is_refused(tmp_path, tiny_
     assert got["files"][0]["prob"] == spec["files"][0]["prob"]
     base = save_base(tmp_path / "base.safetensors", ck.backbone, meta)
     assert cli.main([str(base), str(media_dir["image"]), "--out", str(tmp_path / "p")]) == 2
+
+
+def test_all_faces_frame_score_is_the_max(tmp_path, tiny_detector):
+    from media_helpers import two_faces
+    from r2m.predict import predict
+
+    image = write_png(tmp_path / "two.png", two_faces()[0])
+    one = predict(tiny_detector, [image], device="cpu", progress=False)["files"][0]
+    both = predict(tiny_detector, [image], device="cpu", progress=False, all_faces=True)["files"][0]
+    faces = both["frames"][0]["faces"]
+    assert len(one["frames"][0]["faces"]) == 1 and len(faces) == 2
+    assert faces[0]["prob"] == pytest.approx(one["prob"], abs=1e-6)  # the largest face scores the same
+    assert both["prob"] == both["frames"][0]["prob"] == max(f["prob"] for f in faces)
