@@ -289,6 +289,25 @@ def build_index(name: str, split: str, reports: Sequence[dict[str, Any]], out_ro
     return {name: top}
 
 
+def _check_conflicts(tasks: Sequence[VideoTask], name: str, split: str, labels: dict[str, str],
+                     existing: dict[str, Any] | None) -> None:
+    """Before anything is written: a video folder already made from another source, or a video
+    already listed under another split of the same JSON, is an error (never overwritten)."""
+    top = (existing or {}).get(name, {})
+    for task in tasks:
+        try:
+            old = json.loads(task.report_path.read_text(encoding="utf-8")).get("source")
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old is not None and old != task.source:
+            raise ValueError(f"{task.frames_dir} already holds crops of {old!r}, not of {task.source!r}: "
+                             "rename the input, choose another --method / --real-name, or delete that folder")
+        for other, videos in top.get(labels[task.role], {}).items():
+            if other != split and task.video in videos:
+                raise ValueError(f"video {task.video!r} of {labels[task.role]} is already listed under split "
+                                 f"{other!r} in {name}.json; a video must be in one split")
+
+
 def preprocess(
     name: str,
     out: str | os.PathLike,
@@ -340,6 +359,9 @@ def preprocess(
         raise ValueError(f"no video or image found in {[*map(str, fake), *map(str, real)]}")
     extractor_kwargs = dict(size=size, scale=scale, upsample=upsample, redetect=redetect,
                             detect_max_side=detect_max_side)
+    json_path = json_dir / f"{name}.json"
+    existing = json.loads(json_path.read_text(encoding="utf-8")) if json_path.is_file() else None
+    _check_conflicts(tasks, name, split, labels, existing)
     done = {i: _finished(t) for i, t in enumerate(tasks)}  # resume: finished videos never reach the pool
     todo = [t for i, t in enumerate(tasks) if done[i] is None]
     fresh = iter(extract_many(process_video, todo, extractor_kwargs, workers=workers,
@@ -349,8 +371,6 @@ def preprocess(
         rep = {**done[i], "resumed": True} if done[i] is not None else next(fresh)
         rep["_folder"] = task.folder
         reports.append(rep)
-    json_path = json_dir / f"{name}.json"
-    existing = json.loads(json_path.read_text(encoding="utf-8")) if json_path.is_file() else None
     index = build_index(name, split, reports, out_root, labels, id_map, existing)
     failed = [r for r in reports if r["status"] != "ok"]
     run_report = {

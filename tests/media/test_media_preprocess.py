@@ -123,3 +123,35 @@ def test_identities_field_and_errors(processed, raw, tmp_path):
     assert index["myswap_Fake"]["train"]["000_001"]["identities"] == ["alice", "bob"]
     assert index["myswap_Real"]["train"]["002"]["identities"] == ["carol"]
     assert main(["--name", "x", "--out", str(tmp_path), "--fake", str(tmp_path / "nope")]) == 2
+
+
+def test_interrupted_video_is_redone_and_splits_merge(processed, raw, tmp_path, capsys):
+    from data_modules.preprocess import main
+
+    out = processed["out"]
+    frames = out / "myswap" / "frames" / "001_000"
+    (out / "myswap" / "reports" / "001_000.json").unlink()  # as if the run died before the report
+    (frames / "stale.png").write_bytes(b"half")
+    rc = main(processed["argv"] + ["--allow-failures", "--workers", "1"])
+    report = json.loads((out / "myswap_ff.report.json").read_text())
+    assert rc == 0 and {v["video"]: v["resumed"] for v in report["videos"]}["001_000"] is False
+    assert sorted(p.name for p in frames.iterdir()) == ["000.png"]
+    # another split merges into the same JSON; the same video under two splits is refused
+    test_in = tmp_path / "test_fakes"
+    test_in.mkdir()
+    shutil.copy(raw / "myswap" / "001_000.png", test_in / "002_003.png")
+    common = ["--name", "myswap_ff", "--out", str(out), "--method", "myswap", "--frames", "6", "--workers", "1",
+              "--no-progress"]
+    assert main(common + ["--fake", str(test_in), "--split", "test"]) == 0
+    index = json.loads((out / "myswap_ff.json").read_text())["myswap_ff"]
+    assert set(index["myswap_Fake"]) == {"train", "test"} and set(index["myswap_Fake"]["test"]) == {"002_003"}
+    assert set(index["myswap_Fake"]["train"]) == {"000_001", "001_000"}
+    (test_in / "002_003.png").unlink()
+    shutil.copy(raw / "myswap" / "001_000.png", test_in / "000_001.png")
+    before = (out / "myswap" / "frames" / "000_001" / "000.png").read_bytes()
+    assert main(common + ["--fake", str(test_in), "--split", "test"]) == 2  # another source under that name
+    assert (out / "myswap" / "frames" / "000_001" / "000.png").read_bytes() == before  # nothing overwritten
+    assert "already holds crops of" in capsys.readouterr().err
+    assert main(common + ["--fake", str(raw / "myswap"), "--split", "test"]) == 2  # same videos, other split
+    assert "already listed under split 'train'" in capsys.readouterr().err
+    assert set(json.loads((out / "myswap_ff.json").read_text())["myswap_ff"]["myswap_Fake"]["test"]) == {"002_003"}
