@@ -99,9 +99,9 @@ class Predictor:
         self.extractor_kwargs = {**dict(extractor or {}), "all_faces": bool(all_faces)}
 
     def describe(self) -> dict[str, Any]:
-        """The detector's identity for the output (kind, task, families, hashes)."""
+        """The detector's identity for the output (format, merge method, task, families, hashes)."""
         m = self.meta
-        return {"path": str(self.path), "format": m.get("format"), "kind": m.get("kind"), "task": m.get("task"),
+        return {"path": str(self.path), "format": m.get("format"), "method": m.get("method"), "task": m.get("task"),
                 "families": m.get("families"), "model_name": m.get("model_name"), "base_hash": m.get("base_hash"),
                 "image_size": self.image_size, "mean": list(self.model.input_mean), "std": list(self.model.input_std),
                 "device": str(self.device)}
