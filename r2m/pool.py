@@ -197,6 +197,13 @@ class SpecialistPool:
                 "the same specialist is given twice (identical content, sha256): "
                 + "; ".join(" = ".join(map(str, ps)) for ps in dupes)
             )
+        by_family: dict[tuple[str, ...], list[Path]] = {}
+        for p in paths:
+            by_family.setdefault(tuple(file_families(chosen[p][0])), []).append(p)
+        for fams, ps in by_family.items():
+            if len(ps) > 1 and fams:
+                log.warning("specialists: %d files trained on the same family %s are merged as separate tasks: %s",
+                            len(ps), list(fams), ", ".join(map(str, ps)))
         names = [str(chosen[p][0].get("task") or p.parent.name) for p in paths]
         clash = {n for n in names if names.count(n) > 1}
         names = [f"{n}@{p.parent.name}" if n in clash else n for n, p in zip(names, paths)]

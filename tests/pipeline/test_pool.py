@@ -145,3 +145,37 @@ def test_merge_config_with_empty_specialists_is_a_clear_error(tmp_path, override
     with pytest.raises(ValueError, match=match):
         run_merge(request_from_config(cfg), jobs_from_entries(["r2m"]), out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failure_mid_run_marks_the_output_failed_and_finishes_its_wandb_run(sweep, tmp_path, monkeypatch):
+    import json
+
+    from wandb_reader import read_runs
+
+    from r2m import pipeline
+    from r2m.report import WandbSettings
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    calls = []
+
+    def broken_write(out_dir, pool, job, backbone, head):
+        calls.append(job.name)
+        if len(calls) == 2:
+            raise OSError("disk full (simulated)")
+        return None
+
+    monkeypatch.setattr(pipeline, "_write_merged", broken_write)
+    out = tmp_path / "out"
+    request = MergeRequest(specialists=[str(_spec(sweep, "fs")), str(_spec(sweep, "fr"))], base_dirs=[sweep / "base"],
+                           device="cpu", validate=False, test=False, progress=False, diagnostics=False,
+                           wandb=WandbSettings(dir=str(tmp_path / "wb"), group="g"))
+    with pytest.raises(OSError, match="disk full"):
+        run_merge(request, jobs_from_entries(["average", "task_arithmetic"]), out_dir=out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and "disk full" in summary["error"]
+    assert "disk full" in (out / "FAILED").read_text()
+    assert [j["status"] for j in summary["jobs"]] == ["complete", "failed"]
+    runs = read_runs(tmp_path / "wb")
+    assert sorted((r.name, r.job_type, r.group, r.exit_code) for r in runs) == [
+        ("average", "merge", "g", 0), ("task_arithmetic", "merge", "g", 1)]
