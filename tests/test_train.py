@@ -317,3 +317,16 @@ def test_wandb_training_runs_offline(tmp_path, shared_cache):
         assert read_metadata(sweep / job / "specialist.safetensors")["run_group"] == "sweep-xyz"
     # the config is printed once per sweep, not once per job
     assert proc.stdout.count("task_name: train") == 1 and "sweep job 1: overrides" in proc.stdout
+
+
+def test_failed_task_closes_its_wandb_run_and_exits_non_zero(tmp_path, shared_cache):
+    """No best checkpoint (the monitoring ModelCheckpoint removed): the export refuses, the process
+    exits non-zero with the error, no specialist is written, and the W&B run is finished as failed."""
+    proc = _train(tmp_path, "experiment=tiny", "logger=wandb", "trainer.max_epochs=1", "callbacks.model_checkpoint=null",
+                  f"paths.cache_dir={shared_cache}", env={"WANDB_MODE": "offline"})
+    assert proc.returncode != 0
+    assert "no ModelCheckpoint with a monitor" in proc.stderr and "load_best=false" in proc.stderr
+    assert not (tmp_path / "run" / "specialist.safetensors").exists()
+    (run_file,) = (tmp_path / "run").glob("wandb/offline-run-*/run-*.wandb")
+    run = _read_run(run_file)
+    assert run["exit_code"] == 1 and run["job_type"] == "train" and run["group"] == "run"
