@@ -330,3 +330,26 @@ def test_failed_task_closes_its_wandb_run_and_exits_non_zero(tmp_path, shared_ca
     (run_file,) = (tmp_path / "run").glob("wandb/offline-run-*/run-*.wandb")
     run = _read_run(run_file)
     assert run["exit_code"] == 1 and run["job_type"] == "train" and run["group"] == "run"
+
+
+def test_resolve_resume_per_task(tmp_path):
+    """resume=<run dir> with several tasks: each task continues from its own last.ckpt; tasks that
+    never wrote one start fresh; resume + ckpt_path, a foreign folder or no checkpoint are errors."""
+    from omegaconf import OmegaConf
+
+    from r2m.training import resolve_resume
+
+    run = tmp_path / "run"
+    (run / "fs" / "checkpoints").mkdir(parents=True)
+    (run / "fs" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    cfg = OmegaConf.create({"resume": str(run), "ckpt_path": None})
+    assert resolve_resume(cfg, run, ["fs", "fr"]) == {"fs": str(run / "fs" / "checkpoints" / "last.ckpt"), "fr": None}
+    with pytest.raises(FileNotFoundError, match="no last.ckpt to resume from"):
+        resolve_resume(cfg, run, ["fr"])
+    with pytest.raises(ValueError, match="resume continues a single run inside its own folder"):
+        resolve_resume(cfg, tmp_path / "other", ["fs", "fr"])
+    with pytest.raises(ValueError, match="not both"):
+        resolve_resume(OmegaConf.create({"resume": str(run), "ckpt_path": "x.ckpt"}), run, ["fs"])
+    with pytest.raises(ValueError, match="ckpt_path resumes one task"):
+        resolve_resume(OmegaConf.create({"resume": None, "ckpt_path": "x.ckpt"}), run, ["fs", "fr"])
+    assert resolve_resume(OmegaConf.create({"resume": None, "ckpt_path": None}), run, ["fs"]) == {"fs": None}
