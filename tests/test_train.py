@@ -233,12 +233,6 @@ def test_killed_run_resumes_in_its_own_folder(tmp_path, shared_cache):
     assert min(epochs) >= done_epochs and max(epochs) == target - 1
 
 
-def test_resume_without_checkpoint_is_an_error(tmp_path):
-    proc = _train(tmp_path, "experiment=tiny", f"resume={tmp_path / 'nope'}", run_dir=False, timeout=300)
-    assert proc.returncode != 0 and "no last.ckpt to resume from" in proc.stderr
-    assert not (tmp_path / "nope" / "specialist.safetensors").exists()
-
-
 # ------------------------------------------------------------------------------ W&B offline runs
 
 
