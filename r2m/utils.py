@@ -1,6 +1,7 @@
-"""Small shared utilities: atomic writes, content hashes, code version, seeding.
+"""Small shared utilities: atomic writes, content hashes, code version, device choice.
 
-Nothing here imports Lightning, Hydra or the rest of the project.
+Nothing here imports Lightning, Hydra or the rest of the project; torch is imported only by the
+tensor helpers (so that e.g. preprocessing workers can use the atomic writes without torch).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import socket
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "atomic_write",
@@ -135,6 +137,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Pat
 
 def tensor_hash(t: torch.Tensor, h: "hashlib._Hash | None" = None) -> "hashlib._Hash":
     """Feed dtype, shape and raw bytes of ``t`` into a sha256 object (created if ``h`` is None)."""
+    import torch
+
     h = h or hashlib.sha256()
     t = t.detach().contiguous().cpu()
     h.update(str(t.dtype).encode())
@@ -190,6 +194,8 @@ def code_version() -> str:
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None``/``"auto"`` → CUDA when available, else CPU; anything else → ``torch.device``."""
+    import torch
+
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)

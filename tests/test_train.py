@@ -233,12 +233,6 @@ def test_killed_run_resumes_in_its_own_folder(tmp_path, shared_cache):
     assert min(epochs) >= done_epochs and max(epochs) == target - 1
 
 
-def test_resume_without_checkpoint_is_an_error(tmp_path):
-    proc = _train(tmp_path, "experiment=tiny", f"resume={tmp_path / 'nope'}", run_dir=False, timeout=300)
-    assert proc.returncode != 0 and "no last.ckpt to resume from" in proc.stderr
-    assert not (tmp_path / "nope" / "specialist.safetensors").exists()
-
-
 # ------------------------------------------------------------------------------ W&B offline runs
 
 
@@ -317,3 +311,39 @@ def test_wandb_training_runs_offline(tmp_path, shared_cache):
         assert read_metadata(sweep / job / "specialist.safetensors")["run_group"] == "sweep-xyz"
     # the config is printed once per sweep, not once per job
     assert proc.stdout.count("task_name: train") == 1 and "sweep job 1: overrides" in proc.stdout
+
+
+def test_failed_task_closes_its_wandb_run_and_exits_non_zero(tmp_path, shared_cache):
+    """No best checkpoint (the monitoring ModelCheckpoint removed): the export refuses, the process
+    exits non-zero with the error, no specialist is written, and the W&B run is finished as failed."""
+    proc = _train(tmp_path, "experiment=tiny", "logger=wandb", "trainer.max_epochs=1", "callbacks.model_checkpoint=null",
+                  f"paths.cache_dir={shared_cache}", env={"WANDB_MODE": "offline"})
+    assert proc.returncode != 0
+    assert "no ModelCheckpoint with a monitor" in proc.stderr and "load_best=false" in proc.stderr
+    assert not (tmp_path / "run" / "specialist.safetensors").exists()
+    (run_file,) = (tmp_path / "run").glob("wandb/offline-run-*/run-*.wandb")
+    run = _read_run(run_file)
+    assert run["exit_code"] == 1 and run["job_type"] == "train" and run["group"] == "run"
+
+
+def test_resolve_resume_per_task(tmp_path):
+    """resume=<run dir> with several tasks: each task continues from its own last.ckpt; tasks that
+    never wrote one start fresh; resume + ckpt_path, a foreign folder or no checkpoint are errors."""
+    from omegaconf import OmegaConf
+
+    from r2m.training import resolve_resume
+
+    run = tmp_path / "run"
+    (run / "fs" / "checkpoints").mkdir(parents=True)
+    (run / "fs" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    cfg = OmegaConf.create({"resume": str(run), "ckpt_path": None})
+    assert resolve_resume(cfg, run, ["fs", "fr"]) == {"fs": str(run / "fs" / "checkpoints" / "last.ckpt"), "fr": None}
+    with pytest.raises(FileNotFoundError, match="no last.ckpt to resume from"):
+        resolve_resume(cfg, run, ["fr"])
+    with pytest.raises(ValueError, match="resume continues a single run inside its own folder"):
+        resolve_resume(cfg, tmp_path / "other", ["fs", "fr"])
+    with pytest.raises(ValueError, match="not both"):
+        resolve_resume(OmegaConf.create({"resume": str(run), "ckpt_path": "x.ckpt"}), run, ["fs"])
+    with pytest.raises(ValueError, match="ckpt_path resumes one task"):
+        resolve_resume(OmegaConf.create({"resume": None, "ckpt_path": "x.ckpt"}), run, ["fs", "fr"])
+    assert resolve_resume(OmegaConf.create({"resume": None, "ckpt_path": None}), run, ["fs"]) == {"fs": None}

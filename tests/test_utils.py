@@ -105,3 +105,12 @@ def test_file_sha256_is_full_length(tmp_path):
     path.write_bytes(data)
     digest = file_sha256(path)
     assert len(digest) == 64 and digest == hashlib.sha256(data).hexdigest()
+
+
+def test_atomic_writes_do_not_import_torch(tmp_path):
+    """Preprocessing pool workers can use r2m.utils' atomic writes without importing torch."""
+    code = (f"import sys; from r2m.utils import atomic_write_json; atomic_write_json({str(tmp_path / 'a.json')!r}, "
+            "{'x': 1}); print('torch' in sys.modules)")
+    env = dict(os.environ, PYTHONPATH=str(Path(utils.__file__).parents[1]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False" and (tmp_path / "a.json").read_text().strip().startswith("{")

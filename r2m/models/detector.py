@@ -58,7 +58,7 @@ SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 class DeepfakeDetector(L.LightningModule):
     """Binary real/fake classifier: ``head(backbone(images))`` → logits ``[B, 2]`` (1 = fake).
 
-    Args (all JSON-able, Hydra-instantiable):
+    Args (Hydra-instantiable; all but the two factories JSON-able, recorded as hparams):
         model_name, model_cfg, pretrained, image_size, feature: see :func:`r2m.models.build_backbone`.
         mean, std: input statistics (``None`` → those of the weights, ``BackboneInfo.mean/std``);
             recorded in exported files; the data module normalises with them.
