@@ -531,7 +531,7 @@ def settings_from_config(config: str, data_root: str | None = None, json_dir: st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from data_modules.df40 import DEFAULT_PATH_REMAP
+    from data_modules.index import DEFAULT_PATH_REMAP
 
     parser = argparse.ArgumentParser(prog="python -m data_modules.doctor",
                                      description="Check DF40 / DeepfakeBench JSON indexes, the frames on disk, "

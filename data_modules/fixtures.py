@@ -216,7 +216,7 @@ def write_df40_fixture(
     import cv2
 
     if layout == "df40":
-        from data_modules.df40 import DEFAULT_PATH_REMAP
+        from data_modules.index import DEFAULT_PATH_REMAP
 
         rel_json, rel_data, remap = "dataset_json", ".", dict(DEFAULT_PATH_REMAP)
     else:
