@@ -6,7 +6,17 @@ Layout written under ``root``::
              FSAll_cdf.json FRAll_cdf.json EFSAll_cdf.json   (test)
              deepfacelab.json heygen.json                    (test, "unseen")
     data/    ffpp_real/ celebdf_real/ df40_train/ df40_test/  (PNG crops)
+    ffpp_splits/ train.json test.json                        (FF++-style pair lists: identity_groups)
     fixture.json                                             (manifest, written last)
+
+(``layout="df40"``: the README's layout instead — ``dataset_json/`` and ``DF40/ DF40_train/
+FaceForensics++/ Celeb-DF-v2/`` under ``root``, all nine DF40 unseen sets.)
+
+Identities follow FF++ / Celeb-DF naming: training / test reals ``000``..., consecutive reals form
+FF++-style pairs whose fakes are ``000_001`` and ``001_000`` (an odd last video joins the last pair);
+EFS buckets mirror the real ids; CDF-domain test videos are ``idA_NNNN`` / ``idA_idB_NNNN``.
+:func:`fixture_datamodule` groups the pairs with the ``ffpp_splits`` files (``identity_groups``), as
+a user with the FF++ split files would.
 
 JSON paths use the DF40 prefixes ``deepfakes_detection_datasets/{DF40,DF40_train,FaceForensics++,
 Celeb-DF-v2}``, which the returned ``path_remap`` maps to the folders under ``data/`` (so remapping
