@@ -309,6 +309,10 @@ class DF40DataModule(pl.LightningDataModule):
                 log.warning("%s/%s/%s: dropped %d missing frame(s), %d video(s) left empty",
                             d, s, m, row["missing_frames"], row["dropped_videos"])
 
+    def _count_used(self, table: FrameTable, split: str) -> None:
+        """Count a built table's frames into :attr:`index_report` (subclasses building their own tables)."""
+        _count_used(self.index_report, table, split)
+
     def _build_train_val(self) -> None:
         if "train" in self._tables:
             return

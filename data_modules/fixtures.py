@@ -67,7 +67,8 @@ FIXTURE_REMAP: dict[str, str] = {
     f"{P}/Celeb-DF-v2": "celebdf_real",
 }
 MANIFEST = "fixture.json"
-FORMAT = "r2m-df40-fixture-v2"
+FORMAT = "r2m-df40-fixture-v2"          # v2: FF++-style pairs, ffpp_splits/, layout
+OLD_FORMATS = ("r2m-df40-fixture-v1",)
 
 
 def _rng(seed: int, *parts: object) -> np.random.Generator:
@@ -326,6 +327,16 @@ def ensure_fixture(root: str | os.PathLike, **params: Any) -> dict[str, Any]:
     root = Path(root)
     wanted = _normalised_params(params)
     manifest = root / MANIFEST
+    if manifest.is_file() and _format(manifest) in OLD_FORMATS:  # a cache written by an older r2m: replace it
+        import warnings
+
+        warnings.warn(f"{root}: replacing a fixture written by an older r2m ({_format(manifest)})", stacklevel=2)
+        stale = Path(tempfile.mkdtemp(prefix=f".{root.name}.stale-", dir=root.parent))
+        try:
+            os.rename(root, stale / "old")
+        except OSError:
+            pass  # another process replaced it first
+        shutil.rmtree(stale, ignore_errors=True)
     if not manifest.is_file():
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
@@ -348,6 +359,13 @@ def ensure_fixture(root: str | os.PathLike, **params: Any) -> dict[str, Any]:
         raise ValueError(f"{root} holds a fixture written with {info['params']}, not {wanted}; "
                          "delete it or choose another root")
     return _absolute(root, info)
+
+
+def _format(manifest: Path) -> str | None:
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _normalised_params(params: Mapping[str, Any]) -> dict[str, Any]:
