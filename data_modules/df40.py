@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from data_modules.dataset import FrameDataset, FrameTable, build_frame_table, collate_frames
 from data_modules.index import (
+    DEFAULT_PATH_REMAP,
     IndexReport,
     PathResolver,
     VideoRecord,
@@ -54,15 +55,6 @@ DEFAULT_FAMILIES: dict[str, list[str]] = {
     "fr": ["FRAll_ff"],
     "efs": ["EFSAll_ff"],
     "joint": ["FSAll_ff", "FRAll_ff", "EFSAll_ff"],
-}
-
-#: JSON path prefix → folder under ``data_root`` (DF40's JSONs; the layout of configs/data/df40.yaml and the
-#: README: ``<root>/{DF40,DF40_train,FaceForensics++,Celeb-DF-v2}``). Relative targets join ``data_root``.
-DEFAULT_PATH_REMAP: dict[str, str] = {
-    "deepfakes_detection_datasets/DF40": "DF40",
-    "deepfakes_detection_datasets/DF40_train": "DF40_train",
-    "deepfakes_detection_datasets/FaceForensics++": "FaceForensics++",
-    "deepfakes_detection_datasets/Celeb-DF-v2": "Celeb-DF-v2",
 }
 
 DEFAULT_TEST_SPLITS: dict[str, list[str]] = {
@@ -251,7 +243,10 @@ class DF40DataModule(pl.LightningDataModule):
         elif family == "joint":
             sources = list(dict.fromkeys(n for names in self.families.values() for n in names))
         else:
-            raise ValueError(f"unknown family {family!r}; known: {sorted(self.families)} (+ 'joint' = union)")
+            hint = (" DF40's face-editing family (FE: CollabDiff, e4e, stargan, starganv2, styleclip) has no "
+                    "training data (test-only, P3); give a family of your own training JSONs with "
+                    f"'data.families={{{family}: [MyJSON]}}'." if family.lower() == "fe" else "")
+            raise ValueError(f"unknown family {family!r}; known: {sorted(self.families)} (+ 'joint' = union).{hint}")
         if not sources:
             raise ValueError(f"family {family!r} has no training datasets")
         return sources
@@ -313,6 +308,10 @@ class DF40DataModule(pl.LightningDataModule):
             if d == name and s == split and (row["missing_frames"] or row["dropped_videos"]):
                 log.warning("%s/%s/%s: dropped %d missing frame(s), %d video(s) left empty",
                             d, s, m, row["missing_frames"], row["dropped_videos"])
+
+    def _count_used(self, table: FrameTable, split: str) -> None:
+        """Count a built table's frames into :attr:`index_report` (subclasses building their own tables)."""
+        _count_used(self.index_report, table, split)
 
     def _build_train_val(self) -> None:
         if "train" in self._tables:

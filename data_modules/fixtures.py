@@ -6,7 +6,17 @@ Layout written under ``root``::
              FSAll_cdf.json FRAll_cdf.json EFSAll_cdf.json   (test)
              deepfacelab.json heygen.json                    (test, "unseen")
     data/    ffpp_real/ celebdf_real/ df40_train/ df40_test/  (PNG crops)
+    ffpp_splits/ train.json test.json                        (FF++-style pair lists: identity_groups)
     fixture.json                                             (manifest, written last)
+
+(``layout="df40"``: the README's layout instead — ``dataset_json/`` and ``DF40/ DF40_train/
+FaceForensics++/ Celeb-DF-v2/`` under ``root``, all nine DF40 unseen sets.)
+
+Identities follow FF++ / Celeb-DF naming: training / test reals ``000``..., consecutive reals form
+FF++-style pairs whose fakes are ``000_001`` and ``001_000`` (an odd last video joins the last pair);
+EFS buckets mirror the real ids; CDF-domain test videos are ``idA_NNNN`` / ``idA_idB_NNNN``.
+:func:`fixture_datamodule` groups the pairs with the ``ffpp_splits`` files (``identity_groups``), as
+a user with the FF++ split files would.
 
 JSON paths use the DF40 prefixes ``deepfakes_detection_datasets/{DF40,DF40_train,FaceForensics++,
 Celeb-DF-v2}``, which the returned ``path_remap`` maps to the folders under ``data/`` (so remapping
@@ -57,7 +67,8 @@ FIXTURE_REMAP: dict[str, str] = {
     f"{P}/Celeb-DF-v2": "celebdf_real",
 }
 MANIFEST = "fixture.json"
-FORMAT = "r2m-df40-fixture-v2"
+FORMAT = "r2m-df40-fixture-v2"          # v2: FF++-style pairs, ffpp_splits/, layout
+OLD_FORMATS = ("r2m-df40-fixture-v1",)
 
 
 def _rng(seed: int, *parts: object) -> np.random.Generator:
@@ -216,7 +227,7 @@ def write_df40_fixture(
     import cv2
 
     if layout == "df40":
-        from data_modules.df40 import DEFAULT_PATH_REMAP
+        from data_modules.index import DEFAULT_PATH_REMAP
 
         rel_json, rel_data, remap = "dataset_json", ".", dict(DEFAULT_PATH_REMAP)
     else:
@@ -316,6 +327,16 @@ def ensure_fixture(root: str | os.PathLike, **params: Any) -> dict[str, Any]:
     root = Path(root)
     wanted = _normalised_params(params)
     manifest = root / MANIFEST
+    if manifest.is_file() and _format(manifest) in OLD_FORMATS:  # a cache written by an older r2m: replace it
+        import warnings
+
+        warnings.warn(f"{root}: replacing a fixture written by an older r2m ({_format(manifest)})", stacklevel=2)
+        stale = Path(tempfile.mkdtemp(prefix=f".{root.name}.stale-", dir=root.parent))
+        try:
+            os.rename(root, stale / "old")
+        except OSError:
+            pass  # another process replaced it first
+        shutil.rmtree(stale, ignore_errors=True)
     if not manifest.is_file():
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
@@ -338,6 +359,13 @@ def ensure_fixture(root: str | os.PathLike, **params: Any) -> dict[str, Any]:
         raise ValueError(f"{root} holds a fixture written with {info['params']}, not {wanted}; "
                          "delete it or choose another root")
     return _absolute(root, info)
+
+
+def _format(manifest: Path) -> str | None:
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _normalised_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -41,10 +41,20 @@ __all__ = [
     "progress",
     "unknown_label_strings",
     "UNKNOWN_LABEL",
+    "DEFAULT_PATH_REMAP",
     "UnknownLabelError",
 ]
 
 UNKNOWN_LABEL = -1
+
+#: JSON path prefix → folder under ``data_root`` for DF40's JSONs (the layout of configs/data/df40.yaml
+#: and the README: ``<root>/{DF40,DF40_train,FaceForensics++,Celeb-DF-v2}``). Relative targets join ``data_root``.
+DEFAULT_PATH_REMAP: dict[str, str] = {
+    "deepfakes_detection_datasets/DF40": "DF40",
+    "deepfakes_detection_datasets/DF40_train": "DF40_train",
+    "deepfakes_detection_datasets/FaceForensics++": "FaceForensics++",
+    "deepfakes_detection_datasets/Celeb-DF-v2": "Celeb-DF-v2",
+}
 
 
 class IndexFormatError(ValueError):

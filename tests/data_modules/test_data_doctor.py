@@ -197,7 +197,7 @@ def test_project_df40_config_resolves():
 def test_doctor_module_entry_point_exit_code(fx_missing):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     names = sorted(p.stem for p in Path(fx_missing["json_dir"]).glob("*.json"))
-    proc = subprocess.run([sys.executable, "-m", "data_modules.doctor", *args_for(fx_missing, names)],
+    proc = subprocess.run([sys.executable, "-m", "data_modules.doctor", *args_for(fx_missing, names), "--no-carve"],
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert proc.returncode == 1 and "FSAll_ff/train" in proc.stdout and "status: FAILED" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "data_modules.doctor"], capture_output=True, text=True,

@@ -306,3 +306,30 @@ def test_fixture_fakes_visibly_differ(fx):
         energy = np.array([np.abs(cv2.Laplacian(read_rgb(t.path(i)).astype(np.float64), cv2.CV_64F)).mean()
                            for i in range(len(t))])
         assert energy[t.labels == 1].min() > energy[t.labels == 0].max(), name
+
+
+def test_fixture_of_an_older_format_is_replaced(tmp_path):
+    root = tmp_path / "old"
+    ensure_fixture(root, n_videos=2, frames_per_video=1, image_size=8)
+    manifest = json.loads((root / "fixture.json").read_text())
+    (root / "fixture.json").write_text(json.dumps({**manifest, "format": "r2m-df40-fixture-v1"}))
+    (root / "ffpp_splits" / "train.json").unlink()  # v1 had no pair files
+    with pytest.warns(UserWarning, match="older r2m"):
+        info = ensure_fixture(root, n_videos=2, frames_per_video=1, image_size=8)
+    assert Path(info["identity_groups"][0]).is_file() and info["format"] == "r2m-df40-fixture-v2"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_index_table_logged_once_per_process(fx, caplog):
+    import logging
+
+    from data_modules import df40
+
+    df40._LOGGED_ROWS.clear()
+    with caplog.at_level(logging.INFO, logger="data_modules.df40"):
+        make_dm(fx, family="fs").setup("test")
+        make_dm(fx, family="fr").setup("test")  # the same test sets: nothing new to log
+        make_dm(fx, family="fr").setup("fit")   # FRAll_ff/train rows are new
+    tables = [r.getMessage() for r in caplog.records if r.getMessage().startswith("DF40 index")]
+    assert len(tables) == 2
+    assert "heygen/test" in tables[0] and "heygen/test" not in tables[1] and "FRAll_ff/train" in tables[1]
