@@ -247,8 +247,9 @@ def peer_available() -> str | None:
     return version("fusion-bench")
 
 
-def _as_module(state: dict):
-    """An ``nn.Module`` whose ``state_dict()`` is ``state`` (parameters share its tensors)."""
+def _as_module(state: dict, trainable: bool = False):
+    """An ``nn.Module`` whose ``state_dict()`` is ``state`` (parameters share its tensors;
+    ``trainable``: marked as requiring grad, which FusionBench's DARE selects them by)."""
     from torch import nn
 
     root = nn.Module()
@@ -259,7 +260,7 @@ def _as_module(state: dict):
             if not hasattr(mod, part):
                 mod.add_module(part, nn.Module())
             mod = getattr(mod, part)
-        mod.register_parameter(leaf, nn.Parameter(t, requires_grad=False))
+        mod.register_parameter(leaf, nn.Parameter(t, requires_grad=trainable))
     return root
 
 
@@ -314,12 +315,13 @@ def worker(job: dict) -> dict:
         from fusion_bench.modelpool import BaseModelPool
 
         def run_peer(b, ss):
-            pool = BaseModelPool({"_pretrained_": _as_module(dict(b)), **{f"task{i}": _as_module(dict(x))
-                                                                          for i, x in enumerate(ss)}})
+            tr = method == "dare"
+            pool = BaseModelPool({"_pretrained_": _as_module(dict(b), tr),
+                                  **{f"task{i}": _as_module(dict(x), tr) for i, x in enumerate(ss)}})
             import contextlib
             import io
 
-            with contextlib.redirect_stdout(io.StringIO()):  # FusionBench prints per tensor
+            with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():  # FusionBench prints per tensor
                 model = _peer_algorithm(method).run(pool)
             return {k: v.detach() for k, v in model.state_dict().items()}
 
@@ -393,8 +395,10 @@ class Float64View(Mapping):
 PER_TENSOR = ("average", "task_arithmetic", "dare", "cart", "tsv", "iso_c", "iso_cts")
 
 
-def exact_updates(method: str, base: dict, specs: list, reference) -> Iterator[tuple[str, Tensor]]:
-    """``(key, Δ_exact[key])`` in float64 for every tensor, generated one tensor at a time."""
+def exact_updates(method: str, base: dict, specs: list, reference,
+                  device: torch.device | str = "cpu") -> Iterator[tuple[str, Tensor]]:
+    """``(key, Δ_exact[key])`` in float64 for every tensor, generated one tensor at a time
+    (TIES / R²M: the library in float64 on ``device``)."""
     if method in PER_TENSOR:
         ref_fn = reference.REFERENCES[method]
         for key in base:
@@ -408,7 +412,7 @@ def exact_updates(method: str, base: dict, specs: list, reference) -> Iterator[t
             one = ref_fn({key: base[key].double()}, [{key: s[key].double()} for s in specs], dtype=torch.float64)
             yield key, one[key] - base[key].double()
         return
-    merged = merge(method, Float64View(base), [Float64View(s) for s in specs], device="cpu", dtype=torch.float64)
+    merged = merge(method, Float64View(base), [Float64View(s) for s in specs], device=device, dtype=torch.float64)
     for key in base:
         yield key, merged.pop(key) - base[key].double()
 
@@ -456,7 +460,7 @@ def bench_setting(args, model: str, n: int, device: torch.device, reference) -> 
         f"Times: median of {args.repeat}.\n",
         "| method | ours (s) | ref (s) | peer (s) | ref / ours | peer / ours | ours peak | ref peak | peer peak"
         + (acc_cols if args.check64 else "") + " |",
-        "|---|---|---|---|---|---|---|---|---" + ("|---|---|---|---|" if args.check64 else "") + "|",
+        "|---|---|---|---|---|---|---|---|---" + ("|---|---|---|---" if args.check64 else "") + "|",
     ]:
         print(line, flush=True)
     base = specs = None
@@ -498,7 +502,7 @@ def bench_setting(args, model: str, n: int, device: torch.device, reference) -> 
             saved = {k: LazySafetensors(v["save"]) for k, v in rows.items() if v["save"]}
             if method == "dare":  # FusionBench draws other random masks: no common exact answer
                 saved.pop("peer", None)
-            errs = update_errors(saved, base, exact_updates(method, base, specs, reference))
+            errs = update_errors(saved, base, exact_updates(method, base, specs, reference, device))
             fmt = lambda k: f"{errs[k][0]:.1e} (`{errs[k][1]}`)" if k in errs else "–"  # noqa: E731
             whole = " / ".join(f"{errs[k][2]:.1e}" if k in errs else "–" for k in ("ours", "ref", "peer"))
             line += f" | {fmt('ours')} | {fmt('ref')} | {fmt('peer')} | {whole}"
@@ -666,6 +670,30 @@ def kernel_lines(device: torch.device) -> list[str]:
     return lines
 
 
+def agreement_lines(args) -> list[str]:
+    """CPU vs CUDA: every method merged on both devices (float32, no cache), the difference of the
+    updates relative to the CPU update (max over tensors and whole model)."""
+    model = args.model[0]
+    dims = dict(MODELS[model])
+    dims["layers"] = args.layers if args.layers is not None else 2
+    base, specs = make_inputs(vit_shapes(**dims), args.n[0], seed=args.seed)
+    lines = [f"\n### CPU vs CUDA agreement, {model} ({dims['layers']} blocks), N = {args.n[0]}, float32\n",
+             "| method | max rel diff θ*−θ0 (worst tensor) | whole-model update |", "|---|---|---|"]
+    for method in args.methods:
+        a = merge(method, base, specs, device="cpu")
+        b = merge(method, base, specs, device="cuda")
+        worst, wk, num2, den2 = 0.0, "", 0.0, 0.0
+        for key in base:
+            u = a[key].double() - base[key].double()
+            d = float((b[key].double() - a[key].double()).norm())
+            den = float(u.norm())
+            if (d / den if den else d) > worst:
+                worst, wk = d / den if den else d, key
+            num2, den2 = num2 + d * d, den2 + den * den
+        lines.append(f"| {method} | {worst:.1e} (`{wk}`) | {(num2 / den2) ** 0.5 if den2 else num2 ** 0.5:.1e} |")
+    return lines
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", nargs="+", default=["ViT-B-16"], choices=sorted(MODELS))
@@ -692,6 +720,8 @@ def main(argv=None) -> None:
     ap.add_argument("--partial-fraction", type=float, default=None,
                     help="r2m.merging.linalg.PARTIAL_FRACTION (0: always the full spectrum)")
     ap.add_argument("--kernels", action="store_true", help="only time the spectral kernels")
+    ap.add_argument("--agreement", action="store_true",
+                    help="only compare CPU and CUDA merges of every method (2 blocks unless --layers)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.worker is not None:
@@ -731,6 +761,10 @@ def main(argv=None) -> None:
     print(f"glibc mmap threshold fixed at 64 KiB for exact RSS accounting: {mallopt}; "
           f"FusionBench peer: {peer_available() or 'not installed'}")
     print(f"batched eigh per device (torch route): {linalg.BATCHED_EIGH}; CPU spectral route: {linalg.spectral_route('cpu')}")
+    if args.agreement:
+        for line in agreement_lines(args):
+            print(line, flush=True)
+        return
     for device in devices:
         if args.kernels:
             for line in kernel_lines(torch.device(device)):
