@@ -290,24 +290,27 @@ def worker(job: dict) -> dict:
         linalg.PARTIAL_FRACTION = job["partial_fraction"]
     device = torch.device(job["device"])
     method, impl = job["method"], job["impl"]
-    rss0 = PeakMemory._rss()
     dims = dict(MODELS[job["model"]])
     if job.get("layers") is not None:
         dims["layers"] = job["layers"]
-    base, specs = make_inputs(vit_shapes(**dims), job["n"], seed=job["seed"])
-    backbone = 4 * sum(v.numel() for v in base.values())
     tiny = make_inputs(vit_shapes(**MODELS["tiny"]), job["n"], seed=1)
+    base = specs = None  # built after the warm-up (imports and kernels), so rss0 excludes them
     if impl == "ours":
         merge(method, *tiny, device=device)  # warm-up (kernels, imports)
         fn = lambda: merge(method, base, specs, device=device)  # noqa: E731
+        prep = None
     elif impl == "ref":
         ref_fn = load_reference().REFERENCES[method]
-        ref_base, ref_specs = base, specs
-        if device.type == "cuda":
-            ref_base = {k: v.to(device) for k, v in base.items()}
-            ref_specs = [{k: v.to(device) for k, v in s.items()} for s in specs]
         ref_fn(*tiny, dtype=torch.float32)
-        fn = lambda: ref_fn(ref_base, ref_specs, dtype=torch.float32)  # noqa: E731
+        held = {}
+
+        def prep():
+            held["b"], held["s"] = base, specs
+            if device.type == "cuda":
+                held["b"] = {k: v.to(device) for k, v in base.items()}
+                held["s"] = [{k: v.to(device) for k, v in s.items()} for s in specs]
+
+        fn = lambda: ref_fn(held["b"], held["s"], dtype=torch.float32)  # noqa: E731
     elif impl == "peer":
         import logging
 
@@ -326,12 +329,23 @@ def worker(job: dict) -> dict:
             return {k: v.detach() for k, v in model.state_dict().items()}
 
         run_peer({k: v.clone() for k, v in tiny[0].items()}, tiny[1])
-        # FusionBench merges into the pretrained module in place: give it its own copy of θ0
-        # (created before the measurement, like the inputs)
-        peer_base = {k: v.clone() for k, v in base.items()}
-        fn = lambda: run_peer(peer_base, specs)  # noqa: E731
+        held = {}
+
+        def prep():
+            # FusionBench merges into the pretrained module in place: give it its own copy of θ0
+            # (created before the measurement, like the inputs)
+            held["b"] = {k: v.clone() for k, v in base.items()}
+
+        fn = lambda: run_peer(held["b"], specs)  # noqa: E731
     else:
         raise ValueError(impl)
+    gc.collect()
+    _malloc_trim()
+    rss0 = PeakMemory._rss()
+    base, specs = make_inputs(vit_shapes(**dims), job["n"], seed=job["seed"])
+    backbone = 4 * sum(v.numel() for v in base.values())
+    if prep is not None:
+        prep()
     gc.collect()
     _malloc_trim()
     call_start = PeakMemory._rss()
