@@ -16,7 +16,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
 "$PY" -c "import torch, lightning, open_clip, torchmetrics; print(torch.__version__, lightning.__version__, open_clip.__version__, torchmetrics.__version__, torch.cuda.get_device_name())" >> "$OUT/gpu.txt" 2>&1
 # merge library (target: ViT-L/14, N = 3, r2m <= 5 s on one H100; each cell a fresh process)
 step merge_speed_l14 150 "$PY" benchmarks/merge_speed.py --model ViT-L-14 --n 3 --device cuda --methods r2m tsv iso_cts --check64 --no-sweep --no-peer
-step merge_speed_b16 150 "$PY" benchmarks/merge_speed.py --model ViT-B-16 --n 3 --device cuda --check64
+step merge_speed_b16 150 "$PY" benchmarks/merge_speed.py --model ViT-B-16 --n 3 --device cuda --check64 tsv iso_cts r2m
 step merge_agreement 60 "$PY" benchmarks/merge_speed.py --agreement --model ViT-B-16 --n 3
 step train_b16 50 "$PY" benchmarks/train_throughput.py model --device cuda --model ViT-B-16 --image-size 224 --batch-size 256 --precision bf16-mixed --steps 20
 step train_l14 50 "$PY" benchmarks/train_throughput.py model --device cuda --model ViT-L-14 --image-size 224 --batch-size 128 --precision bf16-mixed --steps 15

@@ -411,8 +411,8 @@ PER_TENSOR = ("average", "task_arithmetic", "dare", "cart", "tsv", "iso_c", "iso
 
 def exact_updates(method: str, base: dict, specs: list, reference,
                   device: torch.device | str = "cpu") -> Iterator[tuple[str, Tensor]]:
-    """``(key, Δ_exact[key])`` in float64 for every tensor, generated one tensor at a time
-    (TIES / R²M: the library in float64 on ``device``)."""
+    """``(key, Δ_exact[key])`` in float64 for every tensor, generated one tensor at a time, computed
+    on ``device`` (float64 SVDs on a GPU take seconds where the CPU takes minutes)."""
     if method in PER_TENSOR:
         ref_fn = reference.REFERENCES[method]
         for key in base:
@@ -423,8 +423,9 @@ def exact_updates(method: str, base: dict, specs: list, reference,
                 total = sum((s[key].double() - b) * dare_mask(s[key], key, 0, 0.5) for s in specs)
                 yield key, 0.3 / 0.5 * total
                 continue
-            one = ref_fn({key: base[key].double()}, [{key: s[key].double()} for s in specs], dtype=torch.float64)
-            yield key, one[key] - base[key].double()
+            b64 = base[key].to(device, torch.float64)
+            one = ref_fn({key: b64}, [{key: s[key].to(device, torch.float64)} for s in specs], dtype=torch.float64)
+            yield key, (one[key] - b64).cpu()
         return
     merged = merge(method, Float64View(base), [Float64View(s) for s in specs], device=device, dtype=torch.float64)
     for key in base:
