@@ -1,18 +1,28 @@
 """Merge-library speed / memory / accuracy benchmark (not a test; prints Markdown tables).
 
 For ViT-shaped random inputs (open_clip visual-tower keys, task vectors ~1e-3 of the weights'
-RMS) it times every method of ``r2m.merging`` next to the straightforward reference route of
-``tests/merging/merge_reference.py`` run in float32 (N×D task matrix + direct SVD, full per-matrix
-``torch.linalg.svd``), and reports the max relative difference between the two, the peak memory,
-and an R²M (rank_ratio × alpha) sweep served from a warm :class:`DecompositionCache`.
+RMS) it times every method of ``r2m.merging`` ("ours") next to
 
-    python benchmarks/merge_speed.py --model ViT-B-16 --n 3 6 --device cpu --threads 1
-    python benchmarks/merge_speed.py --device cuda --model ViT-L-14 --n 3 --methods r2m
-    python benchmarks/merge_speed.py --quick --threads 1   # 2 blocks, N = 3: ~5 min on 2 CPU cores
+* ``ref`` — the straightforward route of ``tests/merging/merge_reference.py`` run in float32 (N×D
+  task matrix, full per-matrix ``torch.linalg.svd``, TIES threshold by ``torch.kthvalue``): what a
+  competent engineer writes without care for memory;
+* ``peer`` — FusionBench 0.2.33's own algorithm classes (``TaskSingularVectorMerging``,
+  ``TiesMergingAlgorithm``, ``IsotropicMergingIn…``, ``DareTaskArithmetic``, …; float32) when
+  ``fusion_bench`` is installed (optional: ``pip install fusion-bench==0.2.33``; imported only
+  inside this script's worker processes);
 
-Peak memory: CPU = peak resident set size during the call minus the RSS before it (sampled every
-2 ms), plus the N + 1 input backbones the process already holds; CUDA = peak allocated device
-memory during the call. Both in units of one backbone (D float32 parameters).
+each in a fresh process (peak memory of that process, inputs included), ``--repeat`` times (median
+time). ``--check64`` adds the error of each against the exact float64 answer, streamed one tensor
+at a time (see :data:`PER_TENSOR`), and the R²M section measures what a decomposition cache costs
+a single merge and what it saves a sweep.
+
+    python benchmarks/merge_speed.py --model ViT-B-16 --n 3 --device cpu --threads 1 --check64
+    python benchmarks/merge_speed.py --device cuda --model ViT-L-14 --n 3 --methods r2m --check64
+    python benchmarks/merge_speed.py --quick --threads 1 --check64   # 2 blocks, N = 3
+
+Peak memory, in backbones (D float32 parameters): CPU = the worker's sampled RSS peak minus its RSS
+before it built the inputs (so the N + 1 inputs count; freed pages are returned first, glibc's mmap
+threshold is fixed unless ``--keep-malloc``); CUDA = peak allocated device memory of the call.
 """
 
 from __future__ import annotations
@@ -21,14 +31,17 @@ import argparse
 import datetime as _dt
 import gc
 import importlib.util
+import math
 import os
 import platform
 import sys
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -184,72 +197,352 @@ def rel_diffs(ours: dict, ref: dict, base: dict) -> tuple[float, float, float, s
     return worst_t, worst_u, (num2 / den2) ** 0.5 if den2 > 0 else num2**0.5, worst_key
 
 
+# ---------------------------------------------------------------------------------------------
+# one measurement per fresh process
+# ---------------------------------------------------------------------------------------------
+
+#: FusionBench 0.2.33 algorithm classes (the peer column), constructed with each method's r2m
+#: defaults; imported lazily inside the worker only (never by r2m).
+PEER_METHODS = ("average", "task_arithmetic", "ties", "dare", "tsv", "iso_c", "iso_cts")
+
+
+def _peer_algorithm(method: str):
+    if method == "average":
+        from fusion_bench.method import SimpleAverageAlgorithm
+
+        return SimpleAverageAlgorithm()
+    if method == "task_arithmetic":
+        from fusion_bench.method import TaskArithmeticAlgorithm
+
+        return TaskArithmeticAlgorithm(scaling_factor=0.3)
+    if method == "ties":
+        from fusion_bench.method import TiesMergingAlgorithm
+
+        return TiesMergingAlgorithm(scaling_factor=1.0, threshold=20, remove_keys=[], merge_func="mean")
+    if method == "dare":
+        from fusion_bench.method import DareTaskArithmetic
+
+        return DareTaskArithmetic(scaling_factor=0.3, sparsity_ratio=0.5, only_on_linear_weights=False, rescale=True)
+    if method == "tsv":
+        from fusion_bench.method import TaskSingularVectorMerging
+
+        return TaskSingularVectorMerging(alpha=1.0)
+    if method == "iso_c":
+        from fusion_bench.method import IsotropicMergingInCommonSubspace
+
+        return IsotropicMergingInCommonSubspace(scaling_factor=1.0)
+    if method == "iso_cts":
+        from fusion_bench.method import IsotropicMergingInCommonAndTaskSubspace
+
+        return IsotropicMergingInCommonAndTaskSubspace(scaling_factor=1.0, common_space_fraction=0.8)
+    raise ValueError(f"no FusionBench peer for {method}")
+
+
+def peer_available() -> str | None:
+    """FusionBench's version when it is importable (the optional peer column), else ``None``."""
+    if importlib.util.find_spec("fusion_bench") is None:
+        return None
+    from importlib.metadata import version
+
+    return version("fusion-bench")
+
+
+def _as_module(state: dict, trainable: bool = False):
+    """An ``nn.Module`` whose ``state_dict()`` is ``state`` (parameters share its tensors;
+    ``trainable``: marked as requiring grad, which FusionBench's DARE selects them by)."""
+    from torch import nn
+
+    root = nn.Module()
+    for key, t in state.items():
+        *path, leaf = key.split(".")
+        mod = root
+        for part in path:
+            if not hasattr(mod, part):
+                mod.add_module(part, nn.Module())
+            mod = getattr(mod, part)
+        mod.register_parameter(leaf, nn.Parameter(t, requires_grad=trainable))
+    return root
+
+
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def worker(job: dict) -> dict:
+    """Run one (method, implementation) merge in this (fresh) process; returns the measurements.
+
+    The peak counts everything the merge holds: inputs included (CPU: sampled RSS minus the RSS
+    before the inputs were built, freed pages returned with ``malloc_trim`` first; CUDA: allocator
+    peak of the call)."""
+    import json
+
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
+    if job.get("exact_rss", True):
+        exact_rss_accounting()
+    linalg.CPU_ROUTE = job.get("cpu_route", linalg.CPU_ROUTE)
+    if job.get("partial_fraction") is not None:
+        linalg.PARTIAL_FRACTION = job["partial_fraction"]
+    device = torch.device(job["device"])
+    method, impl = job["method"], job["impl"]
+    dims = dict(MODELS[job["model"]])
+    if job.get("layers") is not None:
+        dims["layers"] = job["layers"]
+    tiny = make_inputs(vit_shapes(**MODELS["tiny"]), job["n"], seed=1)
+    base = specs = None  # built after the warm-up (imports and kernels), so rss0 excludes them
+    if impl == "ours":
+        merge(method, *tiny, device=device)  # warm-up (kernels, imports)
+        fn = lambda: merge(method, base, specs, device=device)  # noqa: E731
+        prep = None
+    elif impl == "ref":
+        ref_fn = load_reference().REFERENCES[method]
+        ref_fn(*tiny, dtype=torch.float32)
+        held = {}
+
+        def prep():
+            held["b"], held["s"] = base, specs
+            if device.type == "cuda":
+                held["b"] = {k: v.to(device) for k, v in base.items()}
+                held["s"] = [{k: v.to(device) for k, v in s.items()} for s in specs]
+
+        fn = lambda: ref_fn(held["b"], held["s"], dtype=torch.float32)  # noqa: E731
+    elif impl == "peer":
+        import logging
+
+        logging.disable(logging.WARNING)
+        from fusion_bench.modelpool import BaseModelPool
+
+        def run_peer(b, ss):
+            tr = method == "dare"
+            pool = BaseModelPool({"_pretrained_": _as_module(dict(b), tr),
+                                  **{f"task{i}": _as_module(dict(x), tr) for i, x in enumerate(ss)}})
+            import contextlib
+            import io
+
+            with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():  # FusionBench prints per tensor
+                model = _peer_algorithm(method).run(pool)
+            return {k: v.detach() for k, v in model.state_dict().items()}
+
+        run_peer({k: v.clone() for k, v in tiny[0].items()}, tiny[1])
+        held = {}
+
+        def prep():
+            # FusionBench merges into the pretrained module in place: give it its own copy of θ0
+            # (created before the measurement, like the inputs)
+            held["b"] = {k: v.clone() for k, v in base.items()}
+
+        fn = lambda: run_peer(held["b"], specs)  # noqa: E731
+    else:
+        raise ValueError(impl)
+    gc.collect()
+    _malloc_trim()
+    rss0 = PeakMemory._rss()
+    base, specs = make_inputs(vit_shapes(**dims), job["n"], seed=job["seed"])
+    backbone = 4 * sum(v.numel() for v in base.values())
+    if prep is not None:
+        prep()
+    gc.collect()
+    _malloc_trim()
+    call_start = PeakMemory._rss()
+    out, seconds, extra = timed(fn, device)
+    if device.type == "cuda":
+        peak = extra / backbone
+    else:  # everything above the bare interpreter: inputs, the peer's module copies, the call's peak
+        peak = (call_start - rss0 + extra) / backbone
+    result = {"method": method, "impl": impl, "seconds": seconds, "peak": peak}
+    if job.get("save"):
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in out.items()}, job["save"])
+    print("RESULT " + json.dumps(result), flush=True)
+    return result
+
+
+def run_worker(job: dict, timeout: float | None = None) -> dict:
+    """:func:`worker` in a fresh Python process; its measurements (``RuntimeError`` on failure)."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(ROOT))
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"worker {job['method']}/{job['impl']} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the exact (float64) answer, streamed one tensor at a time
+# ---------------------------------------------------------------------------------------------
+
+class Float64View(Mapping):
+    """Read-only float64 view of a state dict: each tensor is converted when read (so a float64
+    merge streams one tensor at a time and its output is float64, unrounded)."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __getitem__(self, key):
+        return self.state[key].to(torch.float64)
+
+    def __iter__(self):
+        return iter(self.state)
+
+    def __len__(self):
+        return len(self.state)
+
+    def tensor_info(self, key):
+        return tuple(self.state[key].shape), torch.float64
+
+
+#: Methods whose float64 answer is computed by the independent reference, one tensor at a time
+#: (each tensor's update depends on that tensor only). TIES (one global threshold per task) and
+#: R²M (a Real subspace over all tensors) need every tensor at once: their float64 answer is the
+#: library in float64 on float64 views, streamed — equal to the independent float64 reference on
+#: the test models (``tests/merging/test_reference.py``), without the reference's N×D float64 SVD
+#: that does not fit in 24 GiB for ViT-B/16.
+PER_TENSOR = ("average", "task_arithmetic", "dare", "cart", "tsv", "iso_c", "iso_cts")
+
+
+def exact_updates(method: str, base: dict, specs: list, reference,
+                  device: torch.device | str = "cpu") -> Iterator[tuple[str, Tensor]]:
+    """``(key, Δ_exact[key])`` in float64 for every tensor, generated one tensor at a time, computed
+    on ``device`` (float64 SVDs on a GPU take seconds where the CPU takes minutes)."""
+    if method in PER_TENSOR:
+        ref_fn = reference.REFERENCES[method]
+        for key in base:
+            if method == "dare":  # the mask is a function of the stored (float32) tensor
+                from r2m.merging.methods.dare import dare_mask
+
+                b = base[key].double()
+                total = sum((s[key].double() - b) * dare_mask(s[key], key, 0, 0.5) for s in specs)
+                yield key, 0.3 / 0.5 * total
+                continue
+            b64 = base[key].to(device, torch.float64)
+            one = ref_fn({key: b64}, [{key: s[key].to(device, torch.float64)} for s in specs], dtype=torch.float64)
+            yield key, (one[key] - b64).cpu()
+        return
+    merged = merge(method, Float64View(base), [Float64View(s) for s in specs], device=device, dtype=torch.float64)
+    for key in base:
+        yield key, merged.pop(key) - base[key].double()
+
+
+def update_errors(results: dict[str, Mapping], base: dict, exact: Iterator[tuple[str, Tensor]]) -> dict:
+    """Per implementation: (max over tensors of ‖Δ − Δ_exact‖/‖Δ_exact‖, that tensor, the same over
+    the whole model's update)."""
+    acc = {name: [0.0, "", 0.0] for name in results}
+    den2 = 0.0
+    for key, d_exact in exact:
+        den = float(d_exact.norm())
+        den2 += den * den
+        for name, res in results.items():
+            num = float((res[key].double() - base[key].double() - d_exact).norm())
+            rel = num / den if den > 0 else num
+            if rel > acc[name][0]:
+                acc[name][0], acc[name][1] = rel, key
+            acc[name][2] += num * num
+    return {name: (w, k, (n2 / den2) ** 0.5 if den2 > 0 else n2**0.5) for name, (w, k, n2) in acc.items()}
+
+
 def bench_setting(args, model: str, n: int, device: torch.device, reference) -> None:
-    """Print the table for one (model, N, device) setting, row by row."""
+    """Print the table for one (model, N, device) setting, row by row: every implementation of a
+    method runs in its own fresh process (``--repeat`` times: median time)."""
+    import statistics
+    import tempfile
+
     dims = dict(MODELS[model])
     if args.layers is not None:
         dims["layers"] = args.layers
     shapes = vit_shapes(**dims)
-    base, specs = make_inputs(shapes, n, seed=args.seed)
-    numel = sum(v.numel() for v in base.values())
+    numel = sum(math.prod(s) for s in shapes.values())
     backbone = numel * 4
     depth = "" if args.layers is None else f" ({dims['layers']} blocks)"
-    threads = f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else ""
+    threads = f", {args.threads or torch.get_num_threads()} thread(s)" if device.type == "cpu" else ""
+    peer = peer_available() if not args.no_peer else None
+    impls = ["ours"] + ([] if args.no_reference else ["ref"]) + (["peer"] if peer else [])
+    where = "all memory of the call, inputs (N + 1) included" if device.type == "cpu" else "device allocations of the call"
+    acc_cols = " | error vs float64: ours | ref | peer (worst tensor) | whole-model update: ours / ref / peer"
     for line in [
         f"\n### {model}{depth}, N = {n}, device {device}{threads}",
-        f"D = {numel / 1e6:.1f} M parameters, backbone = {backbone / 2**20:.0f} MiB; peak memory in "
-        f"backbones ({'inputs N+1 on the host + extra host RSS' if device.type == 'cpu' else 'device allocations'}).\n",
-        "| method | ours (s) | reference (s) | speed-up | ours peak | ref peak | max rel diff θ* | max rel diff θ*−θ0 "
-        "| rel diff θ*−θ0, whole model |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"D = {numel / 1e6:.1f} M parameters, backbone = {backbone / 2**20:.0f} MiB; peak memory in backbones "
+        f"({where}; a fresh process per cell; target N + 3 = {n + 3}); reference = the straightforward float32 route "
+        f"of tests/merging/merge_reference.py; peer = FusionBench {peer or 'not installed'} (float32). "
+        f"Times: median of {args.repeat}.\n",
+        "| method | ours (s) | ref (s) | peer (s) | ref / ours | peer / ours | ours peak | ref peak | peer peak"
+        + (acc_cols if args.check64 else "") + " |",
+        "|---|---|---|---|---|---|---|---|---" + ("|---|---|---|---" if args.check64 else "") + "|",
     ]:
         print(line, flush=True)
-    if device.type == "cuda":
-        ref_base = {k: v.to(device) for k, v in base.items()}
-        ref_specs = [{k: v.to(device) for k, v in s.items()} for s in specs]
-    else:
-        ref_base, ref_specs = base, specs
-    host = n + 1 if device.type == "cpu" else 0
-    results, exact = {}, {}
+    base = specs = None
+    tmp = tempfile.TemporaryDirectory(prefix="merge_speed_")
     for method in args.methods:
-        merge(method, *(make_inputs(vit_shapes(**MODELS["tiny"]), n, seed=1)), device=device)  # warm-up
-        ours, t_ours, m_ours = timed(lambda: merge(method, base, specs, device=device), device)
-        results[method] = t_ours
-        if args.no_reference:
-            print(f"| {method} | {t_ours:.2f} | – | – | {host + m_ours / backbone:.2f} | – | – | – | – |", flush=True)
-            continue
-        ref_fn = reference.REFERENCES[method]
-        ref, t_ref, m_ref = timed(lambda: ref_fn(ref_base, ref_specs, dtype=torch.float32), device)
-        d_t, d_u, d_g, _ = rel_diffs(ours, ref, base)
-        print(
-            f"| {method} | {t_ours:.2f} | {t_ref:.2f} | {t_ref / t_ours:.1f}× | {host + m_ours / backbone:.2f} "
-            f"| {host + m_ref / backbone:.2f} | {d_t:.1e} | {d_u:.1e} | {d_g:.1e} |",
-            flush=True,
-        )
+        rows = {}
+        for impl in impls:
+            if impl == "peer" and method not in PEER_METHODS:
+                continue
+            save = str(Path(tmp.name) / f"{impl}.safetensors") if method in args.check64 else None
+            job = dict(method=method, impl=impl, model=model, layers=args.layers, n=n, seed=args.seed,
+                       device=str(device), threads=args.threads, exact_rss=not args.keep_malloc,
+                       cpu_route=args.cpu_route, partial_fraction=args.partial_fraction)
+            runs = []
+            for r in range(args.repeat):
+                try:
+                    runs.append(run_worker({**job, "save": save if r == 0 else None}))
+                except Exception as exc:  # a failing peer/reference is reported, not fatal
+                    print(f"<!-- {method}/{impl}: {str(exc).strip().splitlines()[-1][:300]} -->", flush=True)
+                    break
+            if runs:
+                rows[impl] = dict(seconds=statistics.median(x["seconds"] for x in runs),
+                                  peak=runs[0]["peak"], save=save)
+        t = {k: v["seconds"] for k, v in rows.items()}
+        pk = {k: v["peak"] for k, v in rows.items()}
+
+        def cell(d, k, fmt):
+            return fmt.format(d[k]) if k in d else "–"
+
+        ratio = lambda k: f"{t[k] / t['ours']:.2f}×" if k in t and "ours" in t else "–"  # noqa: E731
+        line = (f"| {method} | {cell(t, 'ours', '{:.2f}')} | {cell(t, 'ref', '{:.2f}')} | {cell(t, 'peer', '{:.2f}')} "
+                f"| {ratio('ref')} | {ratio('peer')} | {cell(pk, 'ours', '{:.2f}')} | {cell(pk, 'ref', '{:.2f}')} "
+                f"| {cell(pk, 'peer', '{:.2f}')}")
         if method in args.check64:
-            ref64 = ref_fn(ref_base, ref_specs, dtype=torch.float64)
-            exact[method] = (rel_diffs(ours, ref64, base), rel_diffs(ref, ref64, base))
-            del ref64
-        del ours, ref
-        gc.collect()
-    for method, ((o_t, o_u, o_g, o_k), (r_t, r_u, r_g, r_k)) in exact.items():
-        print(
-            f"\n{method} vs the float64 reference: ours (float32) max rel diff θ* {o_t:.1e}, θ*−θ0 {o_u:.1e} "
-            f"(worst tensor {o_k}), whole-model update {o_g:.1e}; the float32 reference route: θ* {r_t:.1e}, "
-            f"θ*−θ0 {r_u:.1e} (worst tensor {r_k}), whole-model update {r_g:.1e}.",
-            flush=True,
-        )
+            if base is None:
+                base, specs = make_inputs(shapes, n, seed=args.seed)
+            from r2m.merging import LazySafetensors
+
+            saved = {k: LazySafetensors(v["save"]) for k, v in rows.items() if v["save"]}
+            if method == "dare":  # FusionBench draws other random masks: no common exact answer
+                saved.pop("peer", None)
+            errs = update_errors(saved, base, exact_updates(method, base, specs, reference, device))
+            fmt = lambda k: f"{errs[k][0]:.1e} (`{errs[k][1]}`)" if k in errs else "–"  # noqa: E731
+            whole = " / ".join(f"{errs[k][2]:.1e}" if k in errs else "–" for k in ("ours", "ref", "peer"))
+            line += f" | {fmt('ours')} | {fmt('ref')} | {fmt('peer')} | {whole}"
+            for v in rows.values():
+                if v["save"]:
+                    Path(v["save"]).unlink(missing_ok=True)
+        print(line + " |", flush=True)
+    tmp.cleanup()
     if "r2m" in args.methods and not args.no_sweep:
-        for line in sweep_lines(base, specs, device, results["r2m"]):
+        if base is None:
+            base, specs = make_inputs(shapes, n, seed=args.seed)
+        for line in sweep_lines(base, specs, device, None):
             print(line, flush=True)
 
 
 SWEEP = [{"rank_ratio": r, "alpha": a} for r in (0.05, 0.1, 0.2) for a in (0.4, 0.6, 0.8)]
 
 
-def sweep_lines(base, specs, device, t_cold: float) -> list[str]:
-    """R²M 3×3 sweep three ways: merge_many from a warm cache, merge_many from a cold cache, and
-    nine separate merge() calls on a warm cache (content hashes passed in)."""
+def sweep_lines(base, specs, device, t_cold: float | None = None) -> list[str]:
+    """R²M cache costs and the 3×3 sweep, side by side in this process: one merge without a cache
+    (what ``plan_cache("auto", 1, …)`` gives a single merge), into an empty in-memory cache, into an
+    empty on-disk cache; then ``merge_many`` from a warm cache, from a cold cache, and nine separate
+    ``merge()`` calls on a warm cache (content hashes passed in)."""
+    import shutil
+    import tempfile
 
     def sync():
         if device.type == "cuda":
@@ -260,12 +553,36 @@ def sweep_lines(base, specs, device, t_cold: float) -> list[str]:
     task_hashes = [state_dict_hash(s) for s in specs]
     t_hash = time.perf_counter() - t0
     ids = dict(base_hash=base_hash, task_hashes=task_hashes)
+    merge("r2m", *(make_inputs(vit_shapes(**MODELS["tiny"]), len(specs), seed=1)), device=device)  # warm-up
+    sync()
+    t0 = time.perf_counter()
+    merge("r2m", base, specs, device=device, **ids)
+    sync()
+    t_cold = time.perf_counter() - t0
+    disk_dir = tempfile.mkdtemp(prefix="r2m_cache_")
+    disk = DecompositionCache(disk_dir)
+    sync()
+    t0 = time.perf_counter()
+    merge("r2m", base, specs, device=device, cache=disk, **ids)
+    sync()
+    t_disk = time.perf_counter() - t0
+    written = sum(f.stat().st_size for f in Path(disk_dir).rglob("*.safetensors"))
+    shutil.rmtree(disk_dir, ignore_errors=True)
+    del disk
     warm = DecompositionCache()
     sync()
     t0 = time.perf_counter()
     merge("r2m", base, specs, device=device, cache=warm, **ids)
     sync()
     t_fill = time.perf_counter() - t0
+    cache_lines = [
+        "",
+        "R²M, one merge that nothing reuses (same process, one after the other):",
+        f"- no cache (`plan_cache('auto', 1, dir)` → None; partial eigensolver): {t_cold:.2f} s;",
+        f"- into an empty in-memory cache (full spectra stored): {t_fill:.2f} s = {t_fill / t_cold:.2f}×;",
+        f"- into an empty on-disk cache (full spectra, {written / 2**20:.0f} MiB written): {t_disk:.2f} s = "
+        f"{t_disk / t_cold:.2f}×.",
+    ]
     warm.reset_stats()
     sync()
     t0 = time.perf_counter()
@@ -284,7 +601,7 @@ def sweep_lines(base, specs, device, t_cold: float) -> list[str]:
         merge("r2m", base, specs, device=device, cache=warm, **ids, **point)
     sync()
     t_calls = time.perf_counter() - t0
-    return [
+    return cache_lines + [
         "",
         f"R²M 3×3 sweep (rank_ratio ∈ {{0.05, 0.1, 0.2}} × alpha ∈ {{0.4, 0.6, 0.8}}), one cold merge = {t_cold:.2f} s "
         f"(no cache; one merge into an empty cache, which stores full spectra: {t_fill:.2f} s):",
@@ -368,6 +685,30 @@ def kernel_lines(device: torch.device) -> list[str]:
     return lines
 
 
+def agreement_lines(args) -> list[str]:
+    """CPU vs CUDA: every method merged on both devices (float32, no cache), the difference of the
+    updates relative to the CPU update (max over tensors and whole model)."""
+    model = args.model[0]
+    dims = dict(MODELS[model])
+    dims["layers"] = args.layers if args.layers is not None else 2
+    base, specs = make_inputs(vit_shapes(**dims), args.n[0], seed=args.seed)
+    lines = [f"\n### CPU vs CUDA agreement, {model} ({dims['layers']} blocks), N = {args.n[0]}, float32\n",
+             "| method | max rel diff θ*−θ0 (worst tensor) | whole-model update |", "|---|---|---|"]
+    for method in args.methods:
+        a = merge(method, base, specs, device="cpu")
+        b = merge(method, base, specs, device="cuda")
+        worst, wk, num2, den2 = 0.0, "", 0.0, 0.0
+        for key in base:
+            u = a[key].double() - base[key].double()
+            d = float((b[key].double() - a[key].double()).norm())
+            den = float(u.norm())
+            if (d / den if den else d) > worst:
+                worst, wk = d / den if den else d, key
+            num2, den2 = num2 + d * d, den2 + den * den
+        lines.append(f"| {method} | {worst:.1e} (`{wk}`) | {(num2 / den2) ** 0.5 if den2 else num2 ** 0.5:.1e} |")
+    return lines
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", nargs="+", default=["ViT-B-16"], choices=sorted(MODELS))
@@ -379,8 +720,12 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--no-reference", action="store_true", help="skip the straightforward reference route")
     ap.add_argument("--no-sweep", action="store_true", help="skip the R²M cache sweep")
-    ap.add_argument("--check64", nargs="*", default=[], choices=list(METHODS),
-                    help="also compare these methods with the float64 reference (the exact answer)")
+    ap.add_argument("--check64", nargs="*", default=None, choices=list(METHODS),
+                    help="error columns against the exact float64 answer, streamed one tensor at a time "
+                         "(no names: every method in --methods)")
+    ap.add_argument("--no-peer", action="store_true", help="skip the FusionBench peer column even when installed")
+    ap.add_argument("--repeat", type=int, default=1, help="fresh-process runs per cell (median time)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--keep-malloc", action="store_true",
                     help="keep glibc's default mmap threshold (RSS then includes allocator retention)")
     ap.add_argument("--eigh-batched", choices=["auto", "on", "off"], default="auto",
@@ -390,8 +735,19 @@ def main(argv=None) -> None:
     ap.add_argument("--partial-fraction", type=float, default=None,
                     help="r2m.merging.linalg.PARTIAL_FRACTION (0: always the full spectrum)")
     ap.add_argument("--kernels", action="store_true", help="only time the spectral kernels")
+    ap.add_argument("--agreement", action="store_true",
+                    help="only compare CPU and CUDA merges of every method (2 blocks unless --layers)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.worker is not None:
+        import json
+
+        worker(json.loads(args.worker))
+        return
+    if args.check64 is None:
+        args.check64 = []
+    elif not args.check64:
+        args.check64 = list(args.methods)
     if args.quick and args.layers is None:
         args.layers = 2
     if args.n is None:
@@ -417,8 +773,13 @@ def main(argv=None) -> None:
     print(f"machine: {platform.node()} · {platform.processor() or platform.machine()} · {os.cpu_count()} CPUs · "
           f"GPU {gpu} · torch {torch.__version__} · python {platform.python_version()}")
     print(f"command: python benchmarks/merge_speed.py {' '.join(sys.argv[1:] if argv is None else argv)}")
-    print(f"glibc mmap threshold fixed at 64 KiB for exact RSS accounting: {mallopt}")
+    print(f"glibc mmap threshold fixed at 64 KiB for exact RSS accounting: {mallopt}; "
+          f"FusionBench peer: {peer_available() or 'not installed'}")
     print(f"batched eigh per device (torch route): {linalg.BATCHED_EIGH}; CPU spectral route: {linalg.spectral_route('cpu')}")
+    if args.agreement:
+        for line in agreement_lines(args):
+            print(line, flush=True)
+        return
     for device in devices:
         if args.kernels:
             for line in kernel_lines(torch.device(device)):

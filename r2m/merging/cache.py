@@ -25,6 +25,14 @@ Entries live in a dict (``in_memory=True``) and, when ``directory`` is given, al
 safetensors file per entry (atomic writes; the file name is a hash of the entry key, the full key
 is stored in the file's metadata and checked on read). Entries computed on another device may
 differ from a fresh computation in the last bits; keep one cache per device for bit-identical runs.
+
+When a cache pays (:func:`plan_cache`): a merge *with* a cache stores full spectra (so any later
+rank is served) and, with a directory, writes every entry to disk; a merge *without* one computes
+only the leading eigenpairs it reads (:func:`r2m.merging.linalg.eig_columns`). For one merge that
+nothing reuses, the cache is pure cost (measured, ViT-B/16, N = 3, R²M, CPU:
+``docs/merge_performance.md``); ``plan_cache("auto", …)`` therefore returns no cache for a single
+merge, an in-memory cache for several merges over the same inputs, and the on-disk cache only
+when a sweep or a re-merge can reuse it.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import torch
 
 from r2m.utils import atomic_write
 
-__all__ = ["DecompositionCache"]
+__all__ = ["CACHE_POLICIES", "DecompositionCache", "plan_cache"]
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +161,63 @@ class DecompositionCache:
         path = self._path(kind, key)
         atomic_write(path, lambda p: save_file(entry, str(p), metadata={_KEY_META: key, "kind": kind}))
         self.stats["disk_writes"] += 1
+
+
+#: Cache policies understood by :func:`plan_cache`.
+CACHE_POLICIES = ("auto", "off", "memory", "disk")
+
+
+def _has_entries(directory: Path) -> bool:
+    return directory.is_dir() and any(
+        (directory / kind).is_dir() and any((directory / kind).glob("*.safetensors"))
+        for kind in DecompositionCache.KINDS
+    )
+
+
+def plan_cache(
+    policy: str = "auto",
+    n_jobs: int = 1,
+    cache_dir: str | os.PathLike | None = None,
+) -> DecompositionCache | None:
+    """The decomposition cache for ``n_jobs`` merges over one input set, or ``None`` (no cache).
+
+    Args:
+        policy: ``"off"`` — no cache (each merge computes only the eigenpairs it reads);
+            ``"memory"`` — an in-memory :class:`DecompositionCache`; ``"disk"`` — in memory plus
+            ``cache_dir`` on disk (needs ``cache_dir``); ``"auto"`` (default) — the cheapest that
+            loses no reuse:
+
+            * ``n_jobs ≤ 1`` and ``cache_dir`` holds no entries (or is ``None``): no cache — a single
+              merge that nothing reuses pays neither full spectra nor disk writes;
+            * ``n_jobs ≤ 1`` and ``cache_dir`` already holds entries (an earlier run wrote them; a
+              re-merge can reuse them): the on-disk cache;
+            * ``n_jobs > 1`` (a sweep, or several methods over the same inputs): the on-disk cache
+              when ``cache_dir`` is given (the sweep reuses it now, a later re-merge too), else in
+              memory.
+        n_jobs: how many merges of cache-using methods (``cart``, ``tsv``, ``r2m``) will run over
+            the same base and specialists in this process (a ``merge_many`` grid counts its points).
+        cache_dir: the on-disk cache folder (may not exist yet).
+
+    Merges with and without a cache agree to float round-off (partial vs full eigensolver), not
+    bit for bit; each policy on its own is bit-identical on re-run.
+
+    Raises:
+        ValueError: unknown policy, ``n_jobs < 0``, or ``"disk"`` without ``cache_dir``.
+    """
+    if policy not in CACHE_POLICIES:
+        raise ValueError(f"cache policy must be one of {list(CACHE_POLICIES)}, got {policy!r}")
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 0:
+        raise ValueError(f"plan_cache: n_jobs must be an integer ≥ 0, got {n_jobs!r}")
+    if policy == "off":
+        return None
+    if policy == "memory":
+        return DecompositionCache()
+    if policy == "disk":
+        if cache_dir is None:
+            raise ValueError("cache policy 'disk' needs a cache_dir")
+        return DecompositionCache(cache_dir)
+    if n_jobs <= 1:
+        if cache_dir is not None and _has_entries(Path(cache_dir)):
+            return DecompositionCache(cache_dir)
+        return None
+    return DecompositionCache(cache_dir) if cache_dir is not None else DecompositionCache()

@@ -26,7 +26,9 @@ The number of eigenpairs computed is a function of (K, rank, route) only (:func:
 re-runs give the same bits.
 
 Precision policy: Grams, eigen-decompositions, back-projections and polar factors are computed in
-float64 whatever the working dtype; the low-rank products (X Q_r Q_rᵀ) run in the working dtype.
+float64 whatever the working dtype; the low-rank products (X Q_r Q_rᵀ) run in the working dtype,
+and so does a polar factor's final product when the matrix is well-conditioned
+(:data:`POLAR_FP32_MAX_COND`; otherwise float64).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ __all__ = [
     "low_rank_gram",
     "top_triplets",
     "polar_factor",
+    "POLAR_FP32_MAX_COND",
     "sym_eig_desc",
     "pair_inner_products",
     "gram64",
@@ -288,6 +291,16 @@ def top_triplets(
     return q_r, s_r, (xd.mT @ q_r) / safe
 
 
+#: Largest condition number σ_max/σ_min of a matrix whose polar factor :func:`polar_factor` forms
+#: with a float32 product when asked for float32 (above it, the product runs in float64 and the
+#: result is rounded to float32). The float32 product X·(XᵀX)^{-1/2} errs by about
+#: ε₃₂·cond(X): TSV-M's stacked singular vectors of a square block matrix (K × N⌊K/N⌋) reach
+#: cond ≈ 10³ on ViT-B/16 task vectors, where the float32 product put a 9.8e-4 error into the
+#: merged update (FusionBench's float32 SVD route: 8.2e-5); in float64, 8.3e-7
+#: (``docs/merge_performance.md``). Well-conditioned stacks (most tall ones) stay in float32.
+POLAR_FP32_MAX_COND = 8.0
+
+
 def polar_factor(
     x: Tensor, s: Tensor | None = None, q: Tensor | None = None, dtype: torch.dtype = torch.float64
 ) -> Tensor:
@@ -300,7 +313,8 @@ def polar_factor(
     ill-conditioned, e.g. Iso-C's Σ τ; the working dtype suffices for stacks of orthonormal
     singular vectors, as in TSV and Iso-CTS). For full-rank X this equals the SVD-based factor; for
     rank-deficient X it is the canonical partial isometry (an SVD's completion of the null space is
-    arbitrary)."""
+    arbitrary). With ``dtype=float32`` the product runs in float64 anyway when cond(X) exceeds
+    :data:`POLAR_FP32_MAX_COND` (the result is then rounded to float32)."""
     side = small_side(*x.shape)
     if s is None or q is None:
         s, q, _ = gram_eigh(x)
@@ -309,10 +323,14 @@ def polar_factor(
     if s.numel() == 0 or float(s[0]) <= 0.0:
         return torch.zeros(x.shape, dtype=dtype, device=x.device)
     keep = s * s > 1e-12 * s[0] * s[0]
-    qk = q[:, keep]
-    inv_sqrt = ((qk / s[keep]) @ qk.mT).to(dtype)
-    xd = x.to(dtype)
-    return xd @ inv_sqrt if side == "right" else inv_sqrt @ xd
+    qk, sk = q[:, keep], s[keep]
+    work = dtype
+    if dtype != torch.float64 and float(sk[0]) > POLAR_FP32_MAX_COND * float(sk[-1]):
+        work = torch.float64  # ill-conditioned: a float32 product would lose ε₃₂·cond(X)
+    inv_sqrt = ((qk / sk) @ qk.mT).to(work)
+    xd = x.to(work)
+    out = xd @ inv_sqrt if side == "right" else inv_sqrt @ xd
+    return out.to(dtype)
 
 
 #: Columns per float64 chunk in :func:`pair_inner_products` / :func:`gram64` (bounds the

@@ -236,3 +236,32 @@ def test_merge_many_groups_alpha_and_eta_points(base, specs, monkeypatch):
     alpha0 = outs[1][1]
     no_res = _fresh("r2m", base, specs, device="cpu", rank_ratio=0.05, alpha=0.0)
     assert _equal(alpha0, no_res)
+
+
+def test_plan_cache_policies(tmp_path, base, specs):
+    from r2m.merging import plan_cache
+
+    d = tmp_path / "cache"
+    assert plan_cache("off", 5, d) is None
+    assert plan_cache("auto", 1, d) is None  # a single merge, nothing to reuse: no cache at all
+    assert plan_cache("auto", 1, None) is None
+    mem = plan_cache("auto", 4, None)
+    assert isinstance(mem, DecompositionCache) and mem.directory is None
+    assert plan_cache("memory", 1, d).directory is None
+    sweep = plan_cache("auto", 4, d)  # a sweep: disk, so that a later re-merge reuses it too
+    assert sweep.directory == d
+    merge("r2m", base, specs, device="cpu", cache=sweep)
+    assert sweep.stats["disk_writes"] > 0
+    again = plan_cache("auto", 1, d)  # a re-merge over a filled folder: served from disk
+    assert isinstance(again, DecompositionCache) and again.directory == d
+    a = merge("r2m", base, specs, device="cpu", cache=again, alpha=0.3)
+    assert again.stats["svd_computed"] == 0 and again.stats["disk_reads"] > 0
+    b = merge("r2m", base, specs, device="cpu", cache=DecompositionCache(), alpha=0.3)
+    assert all(torch.equal(a[k], b[k]) for k in base)
+    assert plan_cache("disk", 1, d).directory == d
+    with pytest.raises(ValueError, match="needs a cache_dir"):
+        plan_cache("disk", 1, None)
+    with pytest.raises(ValueError, match="cache policy"):
+        plan_cache("sometimes", 1, d)
+    with pytest.raises(ValueError, match="n_jobs"):
+        plan_cache("auto", -1, d)

@@ -162,3 +162,68 @@ def test_two_specialists_default_residuals_cancel(base):
     core_only = merge("r2m", base, pair, device="cpu", alpha=0.0)
     assert all(torch.equal(out[k], core_only[k]) for k in base)
     assert max_rel_diff(out, ref["merged"], base) <= 1e-5
+
+
+def _count_decompositions(monkeypatch):
+    from r2m.merging.methods import r2m as r2m_mod
+
+    calls = []
+    real = r2m_mod.spectra
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(r2m_mod, "spectra", counting)
+    return calls
+
+
+@pytest.mark.parametrize("block_weighting", ["none", "fro_sqrtP"])
+@pytest.mark.parametrize("eta", ["relative", "literal"])
+def test_two_specialists_skip_the_cancelling_residual_pass(base, monkeypatch, block_weighting, eta):
+    """N = 2, uncentred, orthogonal, norm matching: the residual pass is skipped (no decomposition)
+    and θ* is bit-identical to the full computation, which finds τ_res = 0 by round-off."""
+    from r2m.merging import DecompositionCache
+    from r2m.merging.methods import r2m as r2m_mod
+
+    pair = make_specialists(base, 2, seed=21, shared=1.0)
+    hp = dict(block_weighting=block_weighting, eta=eta)
+    calls = _count_decompositions(monkeypatch)
+    fast = merge("r2m", base, pair, device="cpu", **hp)
+    assert calls == []  # no residual decomposition at all
+    cache = DecompositionCache()
+    fast_cached = merge("r2m", base, pair, device="cpu", cache=cache, **hp)
+    assert calls == [] and cache.stats["svd_computed"] == 0
+    monkeypatch.setattr(r2m_mod, "SKIP_CANCELLING", False)
+    full = merge("r2m", base, pair, device="cpu", **hp)
+    assert len(calls) > 0
+    assert all(torch.equal(fast[k], full[k]) for k in base)
+    assert all(torch.equal(fast[k], fast_cached[k]) for k in base)
+    ref = r2m_parts({k: v.double() for k, v in base.items()}, [{k: v.double() for k, v in s.items()} for s in pair], **hp)
+    assert ref["eta"] == 0.0
+    assert max_rel_diff(fast, ref["merged"], base) <= 1e-5
+
+
+@pytest.mark.parametrize("hp", [dict(center=True), dict(residual="minus_core"), dict(norm_match=False), dict(k=2)])
+def test_two_specialists_other_configurations_keep_the_residual_pass(base, monkeypatch, hp):
+    """The skip applies only where the proof does: every other N = 2 configuration decomposes the
+    residuals (and still equals the float64 reference)."""
+    pair = make_specialists(base, 2, seed=21, shared=1.0)
+    calls = _count_decompositions(monkeypatch)
+    out = merge("r2m", base, pair, device="cpu", **hp)
+    if hp != dict(k=2):  # k ≥ N: the orthogonal residuals vanish, nothing is truncated
+        assert len(calls) > 0
+    ref = r2m_parts({k: v.double() for k, v in base.items()}, [{k: v.double() for k, v in s.items()} for s in pair], **hp)
+    assert max_rel_diff(out, ref["merged"], base) <= 1e-4
+
+
+def test_two_specialists_with_opposing_tasks_add_their_residuals(base, monkeypatch):
+    """⟨ρ_1, ρ_2⟩ > 0 (residuals of the same sign): no skip, τ_res ≠ 0, equal to the reference."""
+    pair = make_specialists(base, 2, seed=23, shared=0.0)
+    pair[1] = {k: 2 * base[k] - v for k, v in pair[1].items()}  # τ_2 → −τ_2: ⟨τ_1, τ_2⟩ flips sign
+    ref = r2m_parts({k: v.double() for k, v in base.items()}, [{k: v.double() for k, v in s.items()} for s in pair])
+    calls = _count_decompositions(monkeypatch)
+    out = merge("r2m", base, pair, device="cpu")
+    assert len(calls) > 0
+    if ref["eta"] != 0.0:
+        assert max_rel_diff(out, ref["merged"], base) <= 1e-4

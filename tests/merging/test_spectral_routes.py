@@ -109,3 +109,27 @@ def test_cache_entries_are_per_route(base, specs, monkeypatch):
     out = merge("r2m", base, specs, device="cpu", cache=cache)
     assert cache.stats["svd_computed"] > 0  # the LAPACK route's partial factors are not reused
     assert all(torch.equal(out[k], v) for k, v in merge("r2m", base, specs, device="cpu").items())
+
+
+def test_float32_polar_factor_of_an_ill_conditioned_stack_keeps_float64_accuracy():
+    """TSV-M / Iso-CTS stack orthonormal blocks into a square matrix whose condition number reaches
+    10³: its float32 polar factor must stay at float32 round-off of the exact one (the float32
+    product alone lost ε₃₂·cond ≈ 1e-4 here)."""
+    from r2m.merging.linalg import POLAR_FP32_MAX_COND, polar_factor
+
+    g = torch.Generator().manual_seed(0)
+    k = 192
+    u = torch.linalg.qr(torch.randn(k, k, generator=g, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(k, k, generator=g, dtype=torch.float64))[0]
+    s = torch.logspace(0, -3, k, dtype=torch.float64)  # cond 1e3
+    x32 = ((u * s) @ v.T).float()
+    exact = polar_factor(x32.double())  # float64 throughout, on the same (rounded) input
+    got = polar_factor(x32, dtype=torch.float32)
+    assert got.dtype == torch.float32
+    err = float((got.double() - exact).norm() / exact.norm())
+    assert err < 2e-6, err
+    # a well-conditioned matrix stays on the float32 product (and is as accurate)
+    w32 = torch.linalg.qr(torch.randn(3 * k, k, generator=g))[0] * (1 + 0.1 * torch.rand(k, generator=g))
+    assert POLAR_FP32_MAX_COND > 1.25
+    err_w = float((polar_factor(w32, dtype=torch.float32).double() - polar_factor(w32.double())).norm())
+    assert err_w / k**0.5 < 2e-6

@@ -29,23 +29,30 @@ from r2m.utils import tensor_hash
 DEFAULTS = {"p": 0.5, "seed": 0, "lam": 0.3}
 
 
-def dare_mask(tensor: Tensor, key: str, seed: int, p: float) -> Tensor:
-    """Keep-mask (bool, CPU, shape of ``tensor``) for one specialist tensor (module docstring)."""
+def dare_mask(tensor: Tensor, key: str, seed: int, p: float, out: Tensor | None = None) -> Tensor:
+    """Keep-mask (bool, CPU, shape of ``tensor``) for one specialist tensor (module docstring).
+    ``out``: optional float32 CPU buffer of that shape for the uniform draws (reused across calls)."""
     digest = hashlib.sha256(f"r2m-dare|{seed}|{key}|".encode())
     digest.update(tensor_hash(tensor).digest())
     gen = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest.digest()[:8], "little") >> 1)
-    return torch.rand(tensor.shape, generator=gen) >= p
+    if out is None:
+        return torch.rand(tensor.shape, generator=gen) >= p
+    return torch.rand(tensor.shape, generator=gen, out=out) >= p
 
 
 def dare_merge(ts: TaskSet, *, p: float, seed: int, lam: float) -> dict[str, Tensor]:
-    """DARE + Task Arithmetic (module docstring); returns θ*."""
+    """DARE + Task Arithmetic (module docstring); returns θ*.
+
+    One specialist at a time per tensor: its τ_i is formed, masked and added to the running sum
+    (no N-stack of task vectors, no zero-initialised sum), the uniform draws reuse one buffer."""
     out: dict[str, Tensor] = {}
     for key in ts.keys_loop(desc="dare"):
-        taus = ts.task_vectors(key)
-        total = torch.zeros_like(taus[0])
+        total: Tensor | None = None
+        draws = torch.empty(ts.shapes[key], dtype=torch.float32)
         for i in range(ts.n):
-            keep = dare_mask(ts.raw_specialist(i, key), key, seed, p).to(ts.device)
-            total = total + torch.where(keep, taus[i], 0)
+            keep = dare_mask(ts.raw_specialist(i, key), key, seed, p, out=draws).to(ts.device)
+            kept = torch.where(keep, ts.task_vector(i, key), 0)
+            total = kept if total is None else total.add_(kept)  # same sums, in the same order
         out[key] = ts.output(key, (lam / (1.0 - p)) * total)
     return out
 

@@ -81,7 +81,7 @@ def iso_cts_merge(ts: TaskSet, *, common_fraction: float, alpha: float) -> dict[
                 ss.append(sv_i)
                 vs.append(v_i)
         u_all, s_all, v_all = torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 1)
-        # stacks of orthonormal singular vectors: well-conditioned, the working dtype suffices
+        # stacks of orthonormal singular vectors: the working dtype unless ill-conditioned (linalg.POLAR_FP32_MAX_COND)
         u_orth, v_orth = polar_factor(u_all, dtype=ts.dtype), polar_factor(v_all, dtype=ts.dtype)
         delta = s_all.mean().to(ts.dtype) * (u_orth @ v_orth.mT)
         out[key] = ts.output(key, alpha * delta)

@@ -43,7 +43,8 @@ Edge cases (defined and tested):
 * N = 2, defaults (uncentred, orthogonal, norm matching): both residuals lie on the one direction
   of span{τ_1, τ_2} orthogonal to V_1. When ⟨τ_1, τ_2⟩ > 0 (the usual case for fine-tunes of one
   base) they have opposite signs, norm matching makes them cancel exactly (truncation is linear in
-  that scalar), so τ_res = 0 and θ* = θ0 + τ_core; when ⟨τ_1, τ_2⟩ < 0 they add.
+  that scalar), so τ_res = 0 and θ* = θ0 + τ_core; when ⟨τ_1, τ_2⟩ < 0 they add. The residual
+  pass is then skipped (no decomposition at all; proof in :func:`residuals_cancel`).
 * N = 1: uncentred, V_1 = τ_1/‖τ_1‖, τ_core = τ_1, ρ_1 = 0 → θ* = θ_1. Centred, the centred
   matrix is 0 (rank 0) → τ_core = 0, η = 0 → θ* = θ0.
 * k ≥ rank (the centred rank is ≤ N − 1; eigenvalues below 1e-10 × the largest count as 0): k is
@@ -190,6 +191,11 @@ def _prepare(
     truncated = [key for key in ts.block_keys if ranks[key] < min(ts.shapes[key])]
     if rank_ratio is not None and rank_ratio < 1.0:
         ts.require_blocks("r2m")
+    if SKIP_CANCELLING and residuals_cancel(sub, g_raw, ts, ranks, truncated, zero,
+                                            center=center, residual=residual, norm_match=norm_match):
+        # τ_res = 0 by construction: no residual decomposition is needed (η = 0, θ* = θ0 + τ_core)
+        weights = torch.zeros(n, dtype=torch.float64, device=dev)
+        return _Prepared(sub, core_norm, zero, ranks, truncated, weights, 0.0, _no_factors)
     idx = {key: l for l, key in enumerate(ts.keys)}
     config = set_signature(ts, "r2m", k, center, residual, block_weighting) if cache is not None else ""
     hashes = ts.task_hashes() if cache is not None else []
@@ -234,6 +240,65 @@ def _prepare(
         weights = torch.full_like(norms, 1.0 / n)
     res_norm = math.sqrt(max(float(weights @ r_gram @ weights), 0.0))
     return _Prepared(sub, core_norm, zero, ranks, truncated, weights, res_norm, residual_factors)
+
+
+def residuals_cancel(
+    sub: RealSubspace,
+    g_raw: Tensor,
+    ts: TaskSet,
+    ranks: dict[str, int],
+    truncated: list[str],
+    zero: float,
+    *,
+    center: bool,
+    residual: str,
+    norm_match: bool,
+) -> bool:
+    """Whether τ_res = (1/N) Σ_i ρ̃_i vanishes by construction, so that the residual pass (one
+    decomposition per task and block matrix) can be skipped. True exactly in the case proved here:
+
+    **Claim.** N = 2, ``center=False``, ``residual="orthogonal"``, ``norm_match=True``, a Real
+    subspace of dimension k_eff = 1, and untruncated residuals with ⟨ρ_1, ρ_2⟩ < 0 whose norms
+    satisfy √f‖ρ_i‖ > 2·zero (f = min over truncated block matrices of r_l / min(m_l, n_l), 1 when
+    none is truncated). Then τ_res = 0, η = 0 and θ* = θ0 + τ_core.
+
+    **Proof.** (1) *Collinear.* ρ_i = (I − P) τ_i with P the projector (orthogonal in the γ-weighted
+    inner product) onto V_1 = span{Tᵀu} ⊂ span{τ_1, τ_2}. Both ρ_i lie in span{τ_1, τ_2} and are
+    (weighted-)orthogonal to V_1, a subspace of dimension ≤ 2 − 1 = 1, so ρ_i = c_i w for one vector
+    w and scalars c_i; ⟨ρ_1, ρ_2⟩ = c_1 c_2 ‖w‖² < 0 gives c_1 c_2 < 0. (2) *Truncation is
+    positively homogeneous and odd.* For a block matrix X and c ∈ R, the best rank-r approximation
+    satisfies LR(cX) = c LR(X) (the singular vectors of cX are those of X, the sign goes to one
+    side), so LR(ρ_i[l]) = c_i LR(w[l]) on every truncated tensor and ρ_i[l] = c_i w[l] elsewhere:
+    the truncated residual is ρ'_i = c_i w' with one w'. (3) *Both alive.* A best rank-r
+    approximation keeps at least r / min(m, n) of a matrix's energy (the top r of min(m, n)
+    squared singular values), so ‖ρ'_i‖ ≥ √f ‖ρ_i‖ > 2·zero: neither residual gets the zero weight,
+    also not after float round-off of ‖ρ'_i‖ (margin 2). (4) *Norm matching cancels.* ρ̃_i =
+    ρ'_i · m/‖ρ'_i‖ = sign(c_i) m w'/‖w'‖, hence ρ̃_1 + ρ̃_2 = (sign c_1 + sign c_2) m w'/‖w'‖ = 0,
+    τ_res = 0, and R²M sets η = 0 (``‖τ_res‖ ≤ zero``): θ* = θ0 + τ_core. ∎
+
+    The merge without the skip reaches the same θ* whenever its float ‖τ_res‖ (round-off of an exact
+    0) is below ``zero`` — the same operations then give the same bits (tested). ⟨ρ_1, ρ_2⟩ and ‖ρ_i‖
+    come from the N×N Gram alone (ρ_i = Σ_j M[i, j] τ_j); the sign test requires cos < −1/2 so that
+    round-off cannot flip it (in exact arithmetic cos = ±1 by (1))."""
+    if ts.n != 2 or center or residual != "orthogonal" or not norm_match or sub.k_eff != 1:
+        return False
+    res = sub.residual
+    r_full = res @ g_raw @ res.mT  # ⟨ρ_i, ρ_j⟩, untruncated
+    norms = r_full.diagonal().clamp_min(0).sqrt()
+    frac = min((ranks[key] / min(ts.shapes[key]) for key in truncated), default=1.0)
+    if not bool((math.sqrt(frac) * norms > 2.0 * zero).all()):
+        return False
+    cos = float(r_full[0, 1]) / float(norms[0] * norms[1])
+    return cos < -0.5
+
+
+def _no_factors(key: str, rho: Tensor) -> tuple[Tensor, str]:  # pragma: no cover - never called
+    raise RuntimeError(f"r2m: residual factors of {key!r} requested although the residuals cancel")
+
+
+#: Skip the residual pass when :func:`residuals_cancel` proves τ_res = 0 (tests switch it off to
+#: compare with the full computation).
+SKIP_CANCELLING = True
 
 
 def _eta_value(prep: _Prepared, alpha: float, eta: str) -> float:

@@ -32,7 +32,8 @@ DEFAULTS = {"alpha": 1.0}  # α: FusionBench TSV-M default
 
 def _cached_polar(ts: TaskSet, cache: DecompositionCache | None, x: Tensor, entry: str | None) -> Tensor:
     s, q, _ = spectra(ts, cache, x.unsqueeze(0), [entry] if entry is not None else None)
-    return polar_factor(x, s[0], q[0], dtype=ts.dtype)  # stacks of orthonormal vectors: well-conditioned
+    # float32 product for well-conditioned stacks, float64 for ill-conditioned (square) ones
+    return polar_factor(x, s[0], q[0], dtype=ts.dtype)
 
 
 def tsv_merge(ts: TaskSet, cache: DecompositionCache | None, *, alpha: float) -> dict[str, Tensor]:
