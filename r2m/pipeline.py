@@ -64,6 +64,9 @@ class MergeRequest:
         check_carve: check the validation carve against the specialists' (see :mod:`r2m.evaldata`).
         device: where merges compute; accelerator / precision: the evaluation loops.
         cache_dir: on-disk decomposition cache (``None`` → memory, shared within the process).
+        cache: decomposition-cache policy (:func:`r2m.merging.plan_cache`): ``auto`` (default: no
+            cache for a single merge that nothing can reuse; the on-disk cache for a sweep, several
+            decomposition methods, or when ``cache_dir`` already holds entries), ``memory``, ``disk``, ``off``.
         save_merged, diagnostics, progress: outputs.
         wandb: W&B settings (``None`` → no W&B); its ``group`` defaults to the specialists' run group.
         sweep_table: with several jobs, also log a sweep-level W&B table run.
@@ -87,6 +90,7 @@ class MergeRequest:
     accelerator: str = "auto"
     precision: str | None = None
     cache_dir: str | Path | None = None
+    cache: str = "auto"
     save_merged: bool = True
     diagnostics: bool = True
     progress: bool = True
@@ -120,6 +124,21 @@ def shared_cache(cache_dir: str | Path | None):
     if key not in _CACHES:
         _CACHES[key] = DecompositionCache(str(cache_dir) if cache_dir else None)
     return _CACHES[key]
+
+
+_CACHE_METHODS = ("cart", "tsv", "r2m")
+
+
+def cache_for(request: MergeRequest, jobs: Sequence[MergeJob]):
+    """The decomposition cache of a run, by ``request.cache`` (see :func:`r2m.merging.plan_cache`):
+    ``None`` when no merge of the run can reuse one; otherwise the process-wide cache of that folder."""
+    from r2m.merging import plan_cache
+
+    n = sum(1 for job in jobs if job.method in _CACHE_METHODS)
+    planned = plan_cache(request.cache, n, request.cache_dir)
+    if planned is None:
+        return None
+    return shared_cache(planned.directory)
 
 
 def _safe_name(name: str) -> str:
@@ -198,7 +217,7 @@ def run_merge_outcome(request: MergeRequest, jobs: Sequence[MergeJob], *, out_di
     report.start()
     evaluator = Evaluator(datamodule, pool.paths[0], accelerator=request.accelerator, precision=request.precision,
                           validate=request.validate, test=request.test, progress=request.progress)
-    cache = shared_cache(request.cache_dir)
+    cache = cache_for(request, jobs)
     device = resolve_device(request.device)
     try:
         if evaluator.active and request.eval_specialists:
@@ -377,6 +396,7 @@ def request_from_config(cfg: Any) -> MergeRequest:
         accelerator=cfg.accelerator,
         precision=cfg.get("precision"),
         cache_dir=cfg.get("cache_dir"),
+        cache=cfg.get("cache", "auto"),
         save_merged=bool(cfg.save_merged),
         diagnostics=bool(cfg.diagnostics),
         wandb=wandb,
