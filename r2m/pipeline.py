@@ -135,6 +135,8 @@ def cache_for(request: MergeRequest, jobs: Sequence[MergeJob]):
     from r2m.merging import plan_cache
 
     n = sum(1 for job in jobs if job.method in _CACHE_METHODS)
+    if n and request.context.get("sweep_dir"):  # a job of a merge.py -m sweep: its siblings reuse the cache
+        n = max(n, 2)
     planned = plan_cache(request.cache, n, request.cache_dir)
     if planned is None:
         return None
