@@ -87,14 +87,46 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 # --------------------------------------------------------------------------------- fixture data
 
 
-def write_fixture(root: Path, frames_needed: int, frames_per_video: int = 8, size: int = 256) -> dict:
-    """A DF40-format fixture (FS family: reals + 2 methods) with at least ``frames_needed`` training
-    frames of ``size`` px, plus the folder names ``df40.yaml`` remaps (symlinks)."""
-    from data_modules.fixtures import write_df40_fixture
+def _face_crop(rng: np.random.Generator, size: int, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """A smooth colour field with texture, a face-like ellipse and sensor noise (PNG ≈ a face crop's size)."""
+    base = np.stack([np.sin(6 * xx * rng.uniform(0.5, 2) + rng.uniform(0, 6)) * 60 + 128 for _ in range(3)], -1)
+    mask = ((xx - 0.5) ** 2 / 0.09 + (yy - 0.5) ** 2 / 0.16) < 1
+    base[mask] = base[mask] * 0.4 + np.array(rng.uniform(120, 220, 3), dtype=np.float32) * 0.6
+    return np.clip(base + rng.normal(0, 6, (size, size, 3)), 0, 255).astype(np.uint8)
 
-    n_videos = max(2, math.ceil(frames_needed / (3 * frames_per_video * 0.85)))
-    info = write_df40_fixture(root / "fixture", n_videos=n_videos, frames_per_video=frames_per_video,
-                              image_size=size, methods={"fs": ("simswap", "fsgan")})
+
+def write_fixture(root: Path, frames_needed: int, frames_per_video: int = 8, size: int = 256, seed: int = 0) -> dict:
+    """A DF40-format dataset for the FS family with at least ``frames_needed`` training frames of
+    ``size``-px PNG crops (FF++ reals + simswap fakes in ``FSAll_ff.json``'s train split), the
+    fixture's small test JSONs, and the folder names ``df40.yaml`` remaps (symlinks)."""
+    import cv2
+
+    from data_modules.fixtures import FIXTURE_REMAP, write_df40_fixture
+
+    info = write_df40_fixture(root / "fixture", n_videos=1, frames_per_video=2, image_size=16,
+                              methods={"fs": ("simswap", "fsgan")})
+    n_videos = max(2, math.ceil(frames_needed / (2 * frames_per_video * 0.85)))
+    json_path = Path(info["json_dir"]) / "FSAll_ff.json"
+    obj = json.loads(json_path.read_text())
+    P = "deepfakes_detection_datasets"
+    groups = {"simswap_Real": ("FSAll_Real", f"{P}/FaceForensics++/original_sequences/youtube/c23/frames/{{v}}"),
+              "simswap_Fake": ("FSAll_Fake", f"{P}/DF40_train/simswap/ff/frames/{{v}}")}
+    remap = sorted(FIXTURE_REMAP.items(), key=lambda kv: -len(kv[0]))
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    for group, (label, pattern) in groups.items():
+        videos = {}
+        for i in range(n_videos):
+            vid = f"{i:03d}" if label.endswith("Real") else f"{i:03d}_{(i + 1) % n_videos:03d}"
+            frames = [f"{pattern.format(v=vid)}/{k:03d}.png" for k in range(frames_per_video)]
+            for f in frames:
+                prefix, folder = next((p, d) for p, d in remap if f.startswith(p + "/"))
+                path = Path(info["data_root"]) / folder / f[len(prefix) + 1:]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(path), _face_crop(rng, size, xx, yy))
+            videos[vid] = {"label": label, "frames": frames}
+        obj["FSAll_ff"].setdefault(group, {})["train"] = videos
+    json_path.write_text(json.dumps(obj))
     for name, folder in DF40_FOLDERS.items():
         (root / name).symlink_to(Path(info["data_root"]) / folder, target_is_directory=True)
     info["df40_root"] = str(root)
@@ -167,7 +199,9 @@ def compose_cfg(args: argparse.Namespace, fixture: dict | None, timer_out: str |
             "extras.print_config=false"]
     if fixture is not None:
         over += [f"paths.df40_root={fixture['df40_root']}", f"paths.df40_json_dir={fixture['json_dir']}",
-                 "data.test_splits={in_distribution: [FSAll_ff]}", "data.family=fs"]
+                 "data.test_splits.in_distribution=[FSAll_ff]",
+                 "data.test_splits.cross_dataset=[FSAll_cdf]", "data.test_splits.unseen=[deepfacelab,heygen]",
+                 "data.family=fs"]
     steps = args.warmup + args.steps
     over += [f"trainer.max_steps={steps}", "trainer.max_epochs=1000", "trainer.limit_val_batches=0",
              "trainer.num_sanity_val_steps=0", "+trainer.enable_checkpointing=false",
@@ -379,7 +413,7 @@ def bench_loader(args: argparse.Namespace) -> list[str]:
         t0 = time.perf_counter()
         packs = {}
         for enc in ("original", "raw"):
-            out = pack_datamodule(dm, tmp / f"pack-{enc}", encoding=enc, splits=["train", "val"])
+            out = pack_datamodule(dm, tmp / f"pack-{enc}", encoding=enc, splits=["train", "val"], progress=False)
             packs[enc] = PackedDataModule(out, image_size=args.image_size, mean=mean, std=std,
                                           batch_size=args.data_batch_size, num_workers=workers, pin_memory=True)
         pack_s = time.perf_counter() - t0

@@ -81,13 +81,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _write_split(table: FrameTable, out: Path, encoding: str, chunk_bytes: str, desc: str) -> None:
+def _write_split(table: FrameTable, out: Path, encoding: str, chunk_bytes: str, desc: str, progress: bool) -> None:
     from litdata.streaming.writer import BinaryWriter
     from tqdm.auto import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
     writer = BinaryWriter(str(out), chunk_bytes=chunk_bytes)
-    for i in tqdm(range(len(table)), desc=desc, unit="frame", leave=False):
+    for i in tqdm(range(len(table)), desc=desc, unit="frame", leave=False, disable=not progress):
         path = table.path(i)
         if encoding == "raw":
             image: Any = read_rgb(path)
@@ -104,7 +104,7 @@ def _write_split(table: FrameTable, out: Path, encoding: str, chunk_bytes: str, 
 
 def pack_datamodule(dm: Any, out_dir: str | os.PathLike, encoding: str = "original", chunk_bytes: str = "64MB",
                     splits: Sequence[str] | None = None, data_config: Mapping[str, Any] | None = None,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, progress: bool = True) -> Path:
     """Pack ``dm``'s frame tables (``"train"``, ``"val"`` and every test set, or ``splits``) into
     ``out_dir``. ``dm`` is set up here (a ``DF40DataModule`` or anything with ``table(name)``,
     ``video_keys(name)``, ``test_set_names``). Written into ``<out_dir>.partial`` and renamed when
@@ -138,7 +138,7 @@ def pack_datamodule(dm: Any, out_dir: str | os.PathLike, encoding: str = "origin
     }
     for name in names:
         table = dm.table(name)
-        _write_split(table, tmp / _split_dir(name), encoding, chunk_bytes, f"pack {name}")
+        _write_split(table, tmp / _split_dir(name), encoding, chunk_bytes, f"pack {name}", progress)
         manifest["splits"][name] = {
             "dir": _split_dir(name), "n_frames": len(table),
             "video_keys": [list(k) for k in dm.video_keys(name)], "frames_sha256": table_digest(table),
@@ -184,7 +184,9 @@ class PackedFrames(FrameDataset):
         if self._ds is None:
             from litdata import StreamingDataset
 
-            self._ds = StreamingDataset(input_dir=self.split_dir)
+            # batch_decode=0: deserialise only the requested item (the default decodes a window of
+            # neighbours, which random access throws away: ~100x slower per item)
+            self._ds = StreamingDataset(input_dir=self.split_dir, batch_decode=0)
             if len(self._ds) != self.n_frames:
                 raise ValueError(f"{self.split_dir}: {len(self._ds)} samples, manifest says {self.n_frames}")
         return self._ds
