@@ -15,7 +15,7 @@ Layout written by ``python -m data_modules.packed OUT [hydra overrides]``::
     OUT/train/  OUT/val/  OUT/test/<name>/      LitData chunks (index.json + chunk-*.bin) per split
     OUT/r2m_packed.json                          manifest, written last (atomic)
 
-Each sample: ``image`` (the original file's bytes, ``encoding="original"``, decoded exactly as
+Each sample: ``image`` (the original file's bytes as a uint8 array, ``encoding="original"``, decoded exactly as
 :func:`data_modules.image_io.read_rgb`; or the decoded uint8 ``H×W×3`` array, ``encoding="raw"``:
 no decode at training time, larger), ``label``, ``video_id`` (index into the split's
 ``video_keys``) and ``index`` (the frame's position in the source table). The manifest keeps the
@@ -97,6 +97,9 @@ def _write_split(table: FrameTable, out: Path, encoding: str, chunk_bytes: str, 
             except OSError as exc:
                 raise UnreadableImageError(f"unreadable image {path!r}: {exc}") from exc
             decode_rgb(image, path)  # fail at pack time, naming the file, not in a training worker
+            # as a uint8 array, not bytes: LitData serialises bytes columns with an Arrow footer whose
+            # random access decodes a whole record batch (~10 ms per item); arrays read per item
+            image = np.frombuffer(image, dtype=np.uint8)
         writer[i] = {"image": image, "label": int(table.labels[i]), "video_id": int(table.video_ids[i]), "index": i}
     writer.done()
     writer.merge()
