@@ -17,7 +17,8 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
   pip_args=(--disable-pip-version-check -q)
   [ -n "$constraints" ] && pip_args+=(-c "$constraints")
-  "$venv/bin/python" -m pip install "${pip_args[@]}" -e ".[test]"
+  extras="test,faces,demo"   # install extras, comma-separated (add new ones here)
+  "$venv/bin/python" -m pip install "${pip_args[@]}" -e ".[$extras]"
   echo "$want" > "$stamp"
 fi
 export NO_ALBUMENTATIONS_UPDATE=1
