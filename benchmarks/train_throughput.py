@@ -21,7 +21,8 @@ download); the speed is that of the pretrained model.
 ``loader`` — the former loader path against today's, side by side in one run (interleaved rounds,
 medians): ``float`` = albumentations Normalize + ToTensorV2 in the worker and a float collate (the
 path before the uint8 batches), ``uint8`` = the DataModule's loader (uint8 collate into shared
-memory; normalisation where the model is: the device, here timed in the main process), the same on
+memory; with the normalisation timed on ``--device`` — in the main process on CPU — and without it:
+on a GPU it runs on the device, not on the loader's cores), the same on
 LitData packed shards (``packed-original``: the PNG bytes; ``packed-raw``: decoded pixels), plus a
 one-process table of decode routes (cv2 file, cv2 from memory, PIL, raw) with the augmentation.
 
@@ -422,7 +423,8 @@ def bench_loader(args: argparse.Namespace) -> list[str]:
         norm = partial(normalize_images, mean=mean, std=std)
         paths = {
             "float (before: normalise in worker, float collate)": lambda: _pass_rate(_old_loader(table, args, workers, mean, std), device),
-            "uint8 (DataModule; normalise on device)": lambda: _pass_rate(dm.train_dataloader(), device, norm),
+            "uint8 (DataModule) + normalise on this device": lambda: _pass_rate(dm.train_dataloader(), device, norm),
+            "uint8 (DataModule), loader only": lambda: _pass_rate(dm.train_dataloader(), device),
             "uint8 packed-original (litdata PNG bytes)": lambda: _pass_rate(packs["original"].train_dataloader(), device, norm),
             "uint8 packed-raw (litdata pixels)": lambda: _pass_rate(packs["raw"].train_dataloader(), device, norm),
         }
