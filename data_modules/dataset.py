@@ -63,13 +63,17 @@ def build_frame_table(records: Sequence[VideoRecord], frames_per_video: int | No
 
 
 class FrameDataset(Dataset):
-    """Items ``{"image": float[3,S,S], "label": int, "video_id": int}``.
+    """Items ``{"image": ..., "label": int, "video_id": int}``; ``image`` is what ``transform``
+    returns: an augmented uint8 ``S×S×3`` array (``output="uint8"`` transforms, what the DataModules
+    use) or a normalised float tensor ``[3,S,S]`` (``output="float"``).
 
     ``on_unreadable="error"`` raises :class:`UnreadableImageError` naming the file;
     ``"skip"`` logs a warning naming the file, counts it in ``self.skipped`` (per process) and returns
     ``None``, which :func:`collate_frames` drops and counts in the batch key ``n_skipped``.
     The albumentations pipeline is reseeded in each DataLoader worker from the worker's torch seed,
-    so workers do not repeat each other's augmentations and runs are reproducible.
+    so workers do not repeat each other's augmentations and runs are reproducible. (OpenCV's thread
+    count is left alone in workers: ``cv2.setNumThreads`` in a forked child of a process whose
+    OpenCV pool has started hangs.)
     """
 
     def __init__(self, table: FrameTable, transform: Callable, on_unreadable: str = "error") -> None:
@@ -92,30 +96,66 @@ class FrameDataset(Dataset):
         if hasattr(self.transform, "set_random_state"):
             seed_transform(self.transform, int(info.seed % (2**32)))
 
+    def read(self, i: int) -> tuple[np.ndarray, int, int]:
+        """``(uint8 RGB image, label, video_id)`` of frame ``i`` (subclasses read other storage)."""
+        return read_rgb(self.table.path(i)), int(self.table.labels[i]), int(self.table.video_ids[i])
+
+    def name(self, i: int) -> str:
+        return self.table.path(i)
+
     def __getitem__(self, i: int) -> dict | None:
         self._reseed()
-        path = self.table.path(i)
         try:
-            img = read_rgb(path)
+            img, label, video_id = self.read(i)
         except UnreadableImageError:
             if self.on_unreadable == "error":
                 raise
             self.skipped += 1
-            log.warning("skipping unreadable image %s (on_unreadable=skip)", path)
+            log.warning("skipping unreadable image %s (on_unreadable=skip)", self.name(i))
             return None
         image = self.transform(image=img)["image"]
-        return {"image": image, "label": int(self.table.labels[i]), "video_id": int(self.table.video_ids[i])}
+        return {"image": image, "label": label, "video_id": video_id}
+
+
+def _uint8_batch(images: list[np.ndarray]) -> torch.Tensor:
+    """``B`` uint8 ``H×W×3`` arrays → uint8 ``[B,3,H,W]`` (a channels-last view of one ``B×H×W×3``
+    block). Inside a DataLoader worker the block is allocated in shared memory, as
+    ``default_collate`` does, so handing the batch to the main process copies nothing."""
+    first = images[0]
+    shape = (len(images), *first.shape)
+    for i, img in enumerate(images):
+        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.shape != first.shape or img.ndim != 3:
+            raise ValueError(f"collate_frames: item {i} is {type(img).__name__} "
+                             f"{getattr(img, 'dtype', '')} {getattr(img, 'shape', '')}; every uint8 item must be "
+                             f"an H×W×3 uint8 array of shape {first.shape}")
+    numel = int(np.prod(shape))
+    if torch.utils.data.get_worker_info() is not None:
+        out = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(numel)).view(shape)
+    else:
+        out = torch.empty(shape, dtype=torch.uint8)
+    block = out.numpy()
+    for i, img in enumerate(images):
+        block[i] = img
+    return out.permute(0, 3, 1, 2)
 
 
 def collate_frames(items: list[dict | None], image_shape: tuple[int, int, int] | None = None,
                    count_skipped: bool = False) -> dict[str, torch.Tensor]:
     """Stack items into ``{"image", "label", "video_id"}`` tensors, dropping ``None`` items
-    (skipped unreadable images). With ``count_skipped`` the batch also has ``n_skipped`` (long
-    scalar); a batch whose items were all skipped has ``B = 0`` (shape from ``image_shape``)."""
+    (skipped unreadable images). uint8 ``H×W×3`` array items give a uint8 ``[B,3,H,W]`` image
+    batch (channels-last strides; :func:`r2m.models.preprocess.normalize_images` makes the model
+    input on the device); float tensor items give the stacked float ``[B,3,H,W]`` batch as before.
+    With ``count_skipped`` the batch also has ``n_skipped`` (long scalar); a batch whose items were
+    all skipped has ``B = 0`` (shape from ``image_shape``; float, as no item says otherwise)."""
     kept = [it for it in items if it is not None]
     if kept:
+        images = [it["image"] for it in kept]
+        if isinstance(images[0], np.ndarray):
+            image = _uint8_batch(images)
+        else:
+            image = torch.stack(images).float()
         batch = {
-            "image": torch.stack([it["image"] for it in kept]).float(),
+            "image": image,
             "label": torch.tensor([it["label"] for it in kept], dtype=torch.long),
             "video_id": torch.tensor([it["video_id"] for it in kept], dtype=torch.long),
         }

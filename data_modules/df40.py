@@ -148,7 +148,8 @@ class DF40DataModule(pl.LightningDataModule):
     After ``setup()``: ``test_set_names``, ``test_splits``, ``task_name`` (= family),
     ``train_sources``, ``video_keys(name)`` (``name`` = a test set, ``"val"`` or ``"train"``) and
     ``index_report`` (:class:`~data_modules.index.IndexReport`, per dataset/split/method counts).
-    Batches: ``image`` float ``[B,3,S,S]``, ``label`` long ``[B]``, ``video_id`` long ``[B]``
+    Batches: ``image`` uint8 ``[B,3,S,S]`` (augmented, not normalised: the detector normalises on the
+    device, :mod:`r2m.models.preprocess`), ``label`` long ``[B]``, ``video_id`` long ``[B]``
     (index into ``video_keys`` of that loader); with ``on_unreadable="skip"`` also ``n_skipped``.
     """
 
@@ -445,7 +446,7 @@ class DF40DataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ loaders
     def _loader(self, table: FrameTable, train: bool) -> DataLoader:
         transform = build_transform(train, self.augment, self.image_size, self.mean, self.std,
-                                    seed=self.seed if train else None)
+                                    seed=self.seed if train else None, output="uint8")
         dataset = FrameDataset(table, transform, self.on_unreadable)
         collate = partial(collate_frames, image_shape=(3, self.image_size, self.image_size),
                           count_skipped=self.on_unreadable == "skip")
@@ -458,7 +459,7 @@ class DF40DataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed) if train else None,
             drop_last=False,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=collate,
         )

@@ -1,8 +1,13 @@
 """Albumentations 2.x pipelines: the DeepfakeBench training recipe and the evaluation transform.
 
-Both take an RGB uint8 ``H×W×3`` array and return a float tensor ``[3, S, S]``. The resize to the
-model input (cubic, as DeepfakeBench's loader) comes first, then augmentation, normalisation and
-``ToTensorV2``. Albumentations 2.x silently ignores renamed arguments (``quality_lower`` …), so only
+Both take an RGB uint8 ``H×W×3`` array. ``output="uint8"`` (what the DataModules use) returns the
+augmented uint8 ``S×S×3`` array: batches stay uint8 (4× less to collate, pickle and copy to the
+device) and the detector normalises on the device (:mod:`r2m.models.preprocess`, in
+``DeepfakeDetector.on_after_batch_transfer``). ``output="float"`` (the default of these functions,
+for callers that feed a model directly) appends ``Normalize`` + ``ToTensorV2`` and returns the
+normalised float tensor ``[3, S, S]``. Both outputs see the same augmentation draws: normalisation
+consumes no randomness, so a seeded pipeline gives the same pixels either way. The resize to the
+model input (cubic, as DeepfakeBench's loader) comes first, then augmentation. Albumentations 2.x silently ignores renamed arguments (``quality_lower`` …), so only
 the 2.x names are used here (``quality_range``, ``blur_limit``, ``limit``).
 """
 
@@ -21,7 +26,11 @@ __all__ = [
     "eval_transform",
     "build_transform",
     "seed_transform",
+    "OUTPUTS",
 ]
+
+#: ``"float"``: normalised float tensor ``[3,S,S]``; ``"uint8"``: augmented uint8 ``S×S×3`` array.
+OUTPUTS = ("float", "uint8")
 
 #: OpenAI CLIP normalisation (open_clip ``OPENAI_DATASET_MEAN`` / ``OPENAI_DATASET_STD``).
 OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
@@ -92,11 +101,24 @@ def seed_transform(pipeline, seed: int | None):
     return pipeline
 
 
-def _tail(image_size: int, mean, std) -> list:
+def _tail(image_size: int, mean, std, output: str = "float") -> list:
     import albumentations as A
 
     m, s = resolve_mean_std(mean, std)
+    if output == "uint8":
+        return []
+    if output != "float":
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     return [A.Normalize(mean=m, std=s, max_pixel_value=255.0), A.ToTensorV2()]
+
+
+def _compose(steps: list, output: str):
+    """``A.Compose``; the uint8 path skips the per-call shape checks (one image, no targets)."""
+    import albumentations as A
+
+    if output == "uint8":
+        return A.Compose(steps, is_check_shapes=False, strict=False)
+    return A.Compose(steps)
 
 
 def _resize(image_size: int):
@@ -109,18 +131,16 @@ def _resize(image_size: int):
 
 
 def eval_transform(image_size: int = 224, mean: Sequence[float] | None = None,
-                   std: Sequence[float] | None = None):
-    """Cubic resize to ``image_size`` → normalise → tensor."""
-    import albumentations as A
-
-    return A.Compose([_resize(image_size), *_tail(image_size, mean, std)])
+                   std: Sequence[float] | None = None, output: str = "float"):
+    """Cubic resize to ``image_size`` → [``output="float"``: normalise → tensor]."""
+    return _compose([_resize(image_size), *_tail(image_size, mean, std, output)], output)
 
 
 def train_transform(image_size: int = 224, mean: Sequence[float] | None = None,
                     std: Sequence[float] | None = None, params: Mapping[str, Any] | None = None,
-                    seed: int | None = None):
+                    seed: int | None = None, output: str = "float"):
     """DeepfakeBench recipe: resize (cubic) → horizontal flip → rotate ±10° → Gaussian blur 3–7 →
-    brightness/contrast ±0.1 → JPEG quality 40–100 → normalise → tensor.
+    brightness/contrast ±0.1 → JPEG quality 40–100 → [``output="float"``: normalise → tensor].
 
     ``params`` overrides keys of :data:`DEEPFAKEBENCH_AUGMENT` (unknown keys raise ``KeyError``).
     ``seed`` seeds the pipeline via :func:`seed_transform` (datasets reseed it per DataLoader worker)."""
@@ -143,17 +163,20 @@ def train_transform(image_size: int = 224, mean: Sequence[float] | None = None,
                                    contrast_limit=float(p["contrast_limit"]), p=float(p["brightness_contrast_p"])),
         A.ImageCompression(compression_type="jpeg", quality_range=tuple(int(v) for v in p["jpeg_quality"]),
                            p=float(p["jpeg_p"])),
-        *_tail(image_size, mean, std),
+        *_tail(image_size, mean, std, output),
     ]
-    return seed_transform(A.Compose(steps), seed)
+    return seed_transform(_compose(steps, output), seed)
 
 
 def build_transform(train: bool, augment: bool | Mapping[str, Any], image_size: int = 224,
                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                    seed: int | None = None):
+                    seed: int | None = None, output: str = "float"):
     """Train loaders: ``augment=True`` → recipe, a dict → recipe with overrides, ``False`` → the
-    evaluation transform. Val/test loaders always get the evaluation transform."""
+    evaluation transform. Val/test loaders always get the evaluation transform. ``output``: see
+    :data:`OUTPUTS` (the DataModules pass ``"uint8"``)."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     if train and augment is not False and augment is not None:
         params = augment if isinstance(augment, Mapping) else None
-        return train_transform(image_size, mean, std, params=params, seed=seed)
-    return eval_transform(image_size, mean, std)
+        return train_transform(image_size, mean, std, params=params, seed=seed, output=output)
+    return eval_transform(image_size, mean, std, output=output)

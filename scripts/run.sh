@@ -17,7 +17,7 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
   pip_args=(--disable-pip-version-check -q)
   [ -n "$constraints" ] && pip_args+=(-c "$constraints")
-  extras="test,faces,demo,optuna,slurm"   # install extras, comma-separated (add new ones here)
+  extras="test,faces,demo,optuna,slurm,packed"   # install extras, comma-separated (add new ones here)
   "$venv/bin/python" -m pip install "${pip_args[@]}" -e ".[$extras]"
   echo "$want" > "$stamp"
 fi

@@ -178,6 +178,17 @@ class DeepfakeDetector(L.LightningModule):
         for p in self.head.parameters():
             p.requires_grad = True
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Model input on the device: a uint8 ``batch["image"]`` (what the DataModules yield) is
+        normalised with this detector's ``input_mean`` / ``input_std``
+        (:func:`r2m.models.preprocess.normalize_images`); a float one is already normalised."""
+        if isinstance(batch, Mapping) and isinstance(batch.get("image"), torch.Tensor):
+            from r2m.models.preprocess import normalize_images
+
+            batch = dict(batch)
+            batch["image"] = normalize_images(batch["image"], self.input_mean, self.input_std)
+        return batch
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
 

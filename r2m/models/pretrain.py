@@ -25,6 +25,7 @@ from torch import nn
 
 from r2m.checkpoints import BASE_FORMAT, read_metadata, save_base
 from r2m.models.backbone import _resolve_model_cfg, build_backbone, to_plain
+from r2m.models.preprocess import normalize_images
 from r2m.utils import resolve_device
 
 __all__ = ["PRETEXTS", "RealOnly", "pretrain_base", "pretrain_key", "ensure_pretrained_base", "rotation_batch", "random_rotation_batch"]
@@ -120,7 +121,8 @@ def _pretrain(
     for epoch in range(int(epochs)):
         total_loss, correct, seen = 0.0, 0, 0
         for batch in dataloader:
-            images = _images_of(batch).to(dev, non_blocking=True)
+            # uint8 loader batches (the DataModules' contract) → normalised here; float ones pass through
+            images = normalize_images(_images_of(batch).to(dev, non_blocking=True), info.mean, info.std)
             images, labels = (rotation_batch(images) if pretext == "rotation"
                               else random_rotation_batch(images, generator=rot_gen))
             logits = net(images)

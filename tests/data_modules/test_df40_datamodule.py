@@ -66,7 +66,7 @@ def test_batches_follow_contract(fx):
     assert dm.test_splits["unseen"] == ["deepfacelab", "heygen"]
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"image", "label", "video_id"}
-    assert batch["image"].dtype == torch.float32 and batch["image"].shape == (8, 3, 16, 16)
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (8, 3, 16, 16)
     assert batch["label"].dtype == torch.long and batch["video_id"].dtype == torch.long
     loaders = dm.test_dataloader()
     assert isinstance(loaders, list) and len(loaders) == len(dm.test_set_names)
