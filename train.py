@@ -100,32 +100,10 @@ def _finish_wandb(loggers: list[Any]) -> None:
 
 
 def run_pretraining(cfg: DictConfig, first_task: str) -> Path:
-    """``cfg.pretrain`` → a cached self-supervised base file (trained on real images once)."""
-    from hydra.utils import instantiate
+    """``cfg.pretrain`` → a cached base file trained on real images once (r2m.models.pretrain)."""
+    from r2m.models.pretrain import pretrain_from_config
 
-    from r2m.models.pretrain import RealOnly, ensure_pretrained_base
-
-    pre = cfg.pretrain
-    model_arch = {k: OmegaConf.to_container(cfg.model, resolve=True).get(k) for k in
-                  ("model_name", "model_cfg", "image_size", "feature", "pretrained")}
-    runtime_keys = {"family", "batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers"}
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    identity: Any = {k: v for k, v in data_cfg.items() if k not in runtime_keys}
-
-    def loader():
-        dm = instantiate(cfg.data, family=first_task)
-        dm.prepare_data()
-        dm.setup("fit")
-        if hasattr(dm, "pretrain_dataloader"):
-            return dm.pretrain_dataloader()
-        return RealOnly(dm.train_dataloader())  # real training images of the first task
-
-    return ensure_pretrained_base(
-        model_arch, loader, cache_dir=pre.get("cache_dir") or Path(cfg.paths.cache_dir) / "pretrained",
-        data_identity=identity, epochs=pre.get("epochs", 1), lr=pre.get("lr", 1e-3), seed=pre.get("seed", cfg.seed),
-        pretext=pre.get("pretext", "rotation"), weight_decay=pre.get("weight_decay", 0.05),
-        device=pre.get("device", "cpu"), max_steps=pre.get("max_steps"),
-    )
+    return pretrain_from_config(cfg, first_task)
 
 
 def train_task(cfg: DictConfig, task: str, task_dir: Path, tasks: list[str], shared: dict[str, Any],

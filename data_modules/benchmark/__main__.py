@@ -73,9 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     gen.add_argument("--n-pretrain", type=int, default=1600)
     gen.add_argument("--strength", type=float, default=1.0, help="scales every family's change")
     gen.add_argument("--families-train", type=_csv, default=("blend", "warp", "upsample"))
-    gen.add_argument("--families-unseen", type=_csv, default=("diffusion", "edit"))
+    gen.add_argument("--families-unseen", type=_csv, default=("diffusion", "edit", "fingerprint", "resave"))
     gen.add_argument("--family-module", action="append", default=[],
-                     help="module to import first (registers user families); repeatable")
+                     help="module or .py file to import first (registers user families); repeatable")
 
     show = sub.add_parser("show", help="save a contact sheet PNG (rows: reals, then each family)")
     show.add_argument("out_png")
@@ -94,10 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import importlib
+    from data_modules.benchmark.families import load_family_modules
 
-    for module in getattr(args, "family_module", []):
-        importlib.import_module(module)
+    load_family_modules(getattr(args, "family_module", []))
 
     if args.command == "generate":
         from data_modules.benchmark.generate import BenchmarkConfig, ensure_benchmark
