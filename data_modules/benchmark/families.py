@@ -380,7 +380,7 @@ def fingerprint(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     One fixed ``8×8`` tile (every image of this "generator" carries the same one, aligned with
     the image grid as a decoder's output is) with energy at 1/8, 1/4 and 3/8 cycles/px only — no
     DC, no Nyquist, so none of the frequencies the training families change — tiled over the
-    image at an amplitude of 2–4 grey levels (standard deviation), scaled by 0.6–1.0 where the
+    image at an amplitude of 3–5 grey levels (standard deviation), scaled by 0.6–1.0 where the
     image is dark to bright (fingerprints are weaker in shadows). Imitates the periodic spectral
     peaks of GAN and latent-diffusion images (Marra et al., "Do GANs leave artificial
     fingerprints?", MIPR 2019; Yu et al., ICCV 2019; Corvi et al., ICASSP 2023)."""
@@ -390,7 +390,7 @@ def fingerprint(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     pattern = np.tile(tile, reps)[:h, :w]
     base = img.astype(np.float32)
     lum = base.mean(axis=2, keepdims=True) / 255.0
-    amp = np.float32(rng.uniform(2.0, 4.0))
+    amp = np.float32(rng.uniform(3.0, 5.0))
     return _to_u8(base + amp * (0.6 + 0.4 * lum) * pattern)
 
 
