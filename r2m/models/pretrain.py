@@ -14,6 +14,17 @@ Pretext tasks (``pretext``):
     texture and structure statistics of real photographs. A small ViT learns it on a CPU in a few
     hundred steps (its accuracy on the held-out test band of the photographs is recorded as
     ``pretext_eval``), where rotation prediction stayed at chance (0.254 against 0.25).
+``noise``
+    Noise-level estimation: every real crop gets Gaussian noise of one of 4 levels (0, 3, 6 or 12
+    grey levels, drawn per image) and a linear head predicts which (4 classes, chance 0.25). The
+    level is only visible in the fine texture, so the encoder has to model the high-frequency
+    statistics of real photographs (no forgery operation is used).
+``denoise``
+    Denoising (Vincent et al., ICML 2008, denoising autoencoders): Gaussian noise of a per-image
+    level σ ∈ [0.02, 0.10] (5–25 grey levels) is added to the real crop, and a linear head on the
+    output patch tokens predicts the noise of every pixel (L1). To separate noise from image the
+    encoder must model the fine texture of real photographs. Metric: L1 relative to predicting no
+    noise (``rel_l1``; 1 = nothing learned, 0 = perfect).
 ``masked``
     Masked-patch prediction (SimMIM, Xie et al., CVPR 2022): half of the ``patch × patch`` input
     patches are blanked (set to the normalised mean, 0), the encoder sees the rest, and a linear
@@ -51,7 +62,9 @@ __all__ = ["PRETEXTS", "RealOnly", "PretextModule", "pretrain_base", "pretrain_k
 
 log = logging.getLogger(__name__)
 
-PRETEXTS = ("source", "masked", "rotation", "random_rotation")
+PRETEXTS = ("source", "noise", "denoise", "masked", "rotation", "random_rotation")
+NOISE_LEVELS = (0.0, 3.0, 6.0, 12.0)  # grey levels of the "noise" pretext's classes
+NOISE_SIGMA = (0.02, 0.10)  # per-image noise level, in [0, 1] pixel units
 MASK_RATIO = 0.5
 _ARCH_KEYS = ("model_name", "model_cfg", "image_size", "feature", "pretrained")
 
@@ -148,7 +161,7 @@ def _build_lightning_module():
                 model_name=arch["model_name"], model_cfg=arch["model_cfg"], pretrained=arch["pretrained"],
                 image_size=arch["image_size"], feature=arch["feature"] or "pooled",
             )
-            if pretext == "masked":
+            if pretext in ("masked", "denoise"):
                 patch = getattr(self.backbone, "patch_size", None)
                 if patch is None or not hasattr(self.backbone, "output_tokens"):
                     raise ValueError("pretext 'masked' needs an open_clip VisionTransformer (patch tokens)")
@@ -170,6 +183,12 @@ def _build_lightning_module():
             images = _as_float(_images_of(batch), self.mean, self.std)
             if self.pretext == "source":
                 return images, _labels_of(batch).to(images.device)
+            if self.pretext == "noise":
+                labels = torch.randint(0, len(NOISE_LEVELS), (images.shape[0],), generator=self.rot_gen)
+                levels = torch.tensor(NOISE_LEVELS)[labels].view(-1, 1, 1, 1) / 255.0
+                std = torch.tensor(self.std if self.std is not None else (1.0, 1.0, 1.0)).view(1, -1, 1, 1)
+                noise = levels / std * torch.randn(images.shape, generator=self.rot_gen)
+                return images + noise.to(images.device), labels.to(images.device)
             if self.pretext == "rotation":
                 return rotation_batch(images)
             return random_rotation_batch(images, generator=self.rot_gen)
@@ -200,10 +219,33 @@ def _build_lightning_module():
             base = (target.view(b, gh * gw, c, p * p) - vmean[:, None, :, None]).abs().mean((-1, -2))
             return loss, float(err[mask].detach().sum()), float(base[mask].detach().sum())
 
+        def denoise_step(self, images: torch.Tensor, generator: torch.Generator | None = None
+                         ) -> tuple[torch.Tensor, float, float]:
+            """(loss, L1 of the predicted noise, L1 of predicting none) over all pixels."""
+            b, c, h, w = images.shape
+            p = self.patch
+            gh, gw = h // p, w // p
+            lo, hi = NOISE_SIGMA
+            sigma = lo + (hi - lo) * torch.rand(b, 1, 1, 1, generator=generator)
+            std = torch.tensor(self.std if self.std is not None else (1.0, 1.0, 1.0)).view(1, -1, 1, 1)
+            noise = (sigma / std * torch.randn(images.shape, generator=generator)).to(images.device)
+            self.backbone.output_tokens = True
+            try:
+                _, tokens = self.backbone(images + noise)
+            finally:
+                self.backbone.output_tokens = False
+            target = noise[:, :, : gh * p, : gw * p].reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5)
+            target = target.reshape(b, gh * gw, c * p * p)
+            err = (self.head(tokens) - target).abs()
+            return err.mean(), float(err.detach().mean() * b), float(target.abs().mean() * b)
+
+        def pixel_step(self, images: torch.Tensor, generator: torch.Generator | None = None):
+            return (self.masked_step if self.pretext == "masked" else self.denoise_step)(images, generator)
+
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            if self.pretext == "masked":
+            if self.pretext in ("masked", "denoise"):
                 images = _as_float(_images_of(batch), self.mean, self.std)
-                loss, err, base = self.masked_step(images, self.rot_gen)
+                loss, err, base = self.pixel_step(images, self.rot_gen)
                 self._sums[0] += float(loss.detach()) * len(images)
                 self._sums[1] += err
                 self._sums[2] += base
@@ -223,13 +265,13 @@ def _build_lightning_module():
             return loss
 
         def on_train_epoch_end(self) -> None:
-            if self.pretext == "masked":
+            if self.pretext in ("masked", "denoise"):
                 total, err, base = self._sums[:3]
                 if base == 0:
                     raise ValueError("pretrain_base: the dataloader yielded no images")
                 self.history.append({"epoch": int(self.current_epoch), "loss": total / max(1, self._n),
                                      "rel_l1": err / base})
-                log.info("pretrain epoch %d: masked-patch L1 / baseline %.3f", self.current_epoch, err / base)
+                log.info("pretrain epoch %d: %s L1 / baseline %.3f", self.current_epoch, self.pretext, err / base)
                 self._sums, self._n = [0.0, 0, 0], 0
                 return
             total, correct, seen = self._sums
@@ -264,12 +306,12 @@ def evaluate_pretext(module: Any, loader: Iterable) -> float:
     """Metric of a trained :class:`PretextModule` on ``loader`` (eval mode, no augmentation):
     accuracy, or for ``masked`` the L1 relative to the visible-mean baseline (fixed masks)."""
     module.eval()
-    if module.pretext == "masked":
+    if module.pretext in ("masked", "denoise"):
         gen = torch.Generator().manual_seed(0)
         err = base = 0.0
         for batch in loader:
             images = _as_float(_images_of(batch), module.mean, module.std).to(module.device)
-            _, e, b = module.masked_step(images, gen)
+            _, e, b = module.pixel_step(images, gen)
             err, base = err + e, base + b
         if base == 0:
             raise ValueError("evaluate_pretext: the loader yielded no images")
@@ -433,7 +475,8 @@ def ensure_pretrained_base(
             n_classes=int(parts.get("n_classes", n_classes)), eval_loader=parts.get("eval"),
             mean=parts.get("mean"), std=parts.get("std"))
         n_out = int(parts.get("n_classes", n_classes)) if pretext == "source" else 4
-        chance = 1.0 / n_out if pretext != "masked" else 1.0
+        pixel = pretext in ("masked", "denoise")
+        chance = 1.0 if pixel else 1.0 / n_out
         meta = {
             "model_name": info.model_name,
             "model_spec": info.spec,
@@ -442,8 +485,8 @@ def ensure_pretrained_base(
             "image_size": info.spec["image_size"],
             "pretrain": settings,
             "pretrain_history": history,
-            "pretext_eval": {("rel_l1" if pretext == "masked" else "acc"): eval_acc,
-                             ("baseline" if pretext == "masked" else "chance"): chance,
+            "pretext_eval": {("rel_l1" if pixel else "acc"): eval_acc,
+                             ("baseline" if pixel else "chance"): chance,
                              "set": parts.get("eval_name")} if eval_acc is not None else None,
             "data_identity": to_plain(data_identity),
         }
