@@ -161,3 +161,15 @@ def test_real_only_view_keeps_real_images():
     for _ in range(2):  # re-iterable
         kept = [b["image"][:, 0, 0, 0].tolist() for b in view]
         assert kept == [[0.0, 2.0], [5.0]]
+
+
+def test_pretext_none_is_the_seeded_initialisation():
+    from r2m.models.backbone import build_backbone
+
+    a, _, history, acc = _pretrain(MODEL, _loader(), 1, 1e-3, 0.0, 5, "none", "cpu", None)
+    assert history == [] and acc is None
+    torch.manual_seed(5)
+    init, _ = build_backbone("tiny", TINY_CFG, image_size=32)
+    assert state_dict_hash(init.state_dict()) == state_dict_hash(a)
+    b, *_ = _pretrain(MODEL, _loader(), 1, 1e-3, 0.0, 6, "none", "cpu", None)
+    assert state_dict_hash(a) != state_dict_hash(b)
