@@ -26,14 +26,17 @@ log = logging.getLogger(__name__)
 __all__ = ["AggregateSeeds", "aggregate_sweep"]
 
 
-def _job_label(job_dir: Path) -> str:
-    """``seed=1,data.carve_seed=0`` from the job's recorded overrides (else the folder name)."""
+def _overrides(job_dir: Path) -> list[str]:
     path = job_dir / ".hydra" / "overrides.yaml"
-    if path.is_file():
-        overrides = OmegaConf.load(path)
-        if overrides:
-            return ",".join(str(o) for o in overrides)
-    return job_dir.name
+    return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+
+
+def _job_labels(jobs: Sequence[Path]) -> dict[str, str]:
+    """Job folder → its swept overrides (``seed=1``): those not shared by every job (else the
+    folder name)."""
+    per_job = {j.name: _overrides(j) for j in jobs}
+    common = set.intersection(*(set(o) for o in per_job.values())) if per_job else set()
+    return {name: ",".join(o for o in ov if o not in common) or name for name, ov in per_job.items()}
 
 
 def aggregate_sweep(sweep_dir: str | Path, results: str = "merge/results.json", reference: str = "r2m",
@@ -52,7 +55,7 @@ def aggregate_sweep(sweep_dir: str | Path, results: str = "merge/results.json", 
     if missing or not jobs:
         raise RuntimeError(f"seed aggregation: missing result tables: {missing or f'no job folders in {sweep}'}")
     runs = {j.name: read_split_means(j / results, metrics) for j in jobs}
-    labels = {j.name: _job_label(j) for j in jobs}
+    labels = _job_labels(jobs)
     agg = aggregate(runs, reference=reference, metrics=metrics)
     agg["run_labels"] = labels
     text = "\n\n".join(aggregate_markdown(agg, metric=m, run_labels=labels) for m in metrics)
