@@ -22,7 +22,6 @@ Nothing here imports Lightning, torch or the data modules at import time.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import warnings
@@ -325,37 +324,12 @@ def resolve_resume(cfg: DictConfig, run_dir: Path, tasks: list[str]) -> dict[str
 
 
 def run_pretraining(cfg: DictConfig, first_task: str) -> Path:
-    """``cfg.pretrain`` → a cached self-supervised base file (trained on real images once), via
-    :func:`r2m.models.pretrain.ensure_pretrained_base`. Every ``cfg.pretrain`` key is passed on
-    (``cache_dir`` defaults to ``<paths.cache_dir>/pretrained``, ``seed`` to ``cfg.seed``)."""
-    from hydra.utils import instantiate
+    """``cfg.pretrain`` → a cached base file trained on real images once, via
+    :func:`r2m.models.pretrain.pretrain_from_config` (every ``cfg.pretrain`` key is passed on to
+    ``ensure_pretrained_base``; an unknown key is an error naming it)."""
+    from r2m.models.pretrain import pretrain_from_config
 
-    from r2m.models.pretrain import RealOnly, ensure_pretrained_base
-
-    settings = OmegaConf.to_container(cfg.pretrain, resolve=True)
-    cache_dir = settings.pop("cache_dir", None) or Path(cfg.paths.cache_dir) / "pretrained"
-    settings.setdefault("seed", cfg.seed)
-    params = inspect.signature(ensure_pretrained_base).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        unknown = [k for k in settings if k not in params or k in ("model", "dataloader", "data_identity")]
-        if unknown:
-            raise ValueError(f"pretrain: unknown key(s) {unknown}; ensure_pretrained_base takes "
-                             f"{[k for k in params if k not in ('model', 'dataloader', 'data_identity')]}")
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_arch = {k: model_cfg.get(k) for k in ("model_name", "model_cfg", "image_size", "feature", "pretrained")}
-    runtime_keys = {"family", "batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers"}
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    identity = {k: v for k, v in data_cfg.items() if k not in runtime_keys}
-
-    def loader():
-        dm = instantiate(cfg.data, family=first_task)
-        dm.prepare_data()
-        dm.setup("fit")
-        if hasattr(dm, "pretrain_dataloader"):
-            return dm.pretrain_dataloader()
-        return RealOnly(dm.train_dataloader())  # real training images of the first task
-
-    return Path(ensure_pretrained_base(model_arch, loader, cache_dir=cache_dir, data_identity=identity, **settings))
+    return pretrain_from_config(cfg, first_task)
 
 
 # ------------------------------------------------------------------------------------------ tasks

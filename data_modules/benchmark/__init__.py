@@ -3,7 +3,7 @@ modelled on DF40's, written once in the DF40 JSON + PNG format, and a data modul
 
 * :mod:`~data_modules.benchmark.sources`   real crops in two acquisition domains (photo, archive)
 * :mod:`~data_modules.benchmark.families`  forgery families and their registry (``register_family``)
-* :mod:`~data_modules.benchmark.generate`  writing the dataset (cached by configuration hash)
+* :mod:`~data_modules.benchmark.generate`  writing the dataset (reals once; each family in its own folder)
 * :mod:`~data_modules.benchmark.datamodule` ``BenchmarkDataModule`` and ``benchmark_datamodule``
 * ``python -m data_modules.benchmark generate OUT`` / ``show OUT.png`` / ``info``
 
@@ -16,7 +16,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from data_modules.benchmark.families import FAMILIES, Family, apply_family, get_family, register_family
+from data_modules.benchmark.families import (
+    FAMILIES,
+    Family,
+    apply_family,
+    get_family,
+    load_family_modules,
+    register_family,
+)
 
 __all__ = [
     "FAMILIES",
@@ -24,9 +31,11 @@ __all__ = [
     "register_family",
     "get_family",
     "apply_family",
+    "load_family_modules",
     "BenchmarkConfig",
     "generate_benchmark",
     "ensure_benchmark",
+    "ensure_family",
     "read_manifest",
     "verify_benchmark",
     "BenchmarkDataModule",
@@ -38,6 +47,7 @@ _LAZY = {
     "BenchmarkConfig": "generate",
     "generate_benchmark": "generate",
     "ensure_benchmark": "generate",
+    "ensure_family": "generate",
     "read_manifest": "generate",
     "verify_benchmark": "generate",
     "BenchmarkDataModule": "datamodule",

@@ -4,6 +4,7 @@
     python -m data_modules.benchmark show OUT.png [--n 8 --diff]                  # contact sheet
     python -m data_modules.benchmark info                                          # families, domains
     python -m data_modules.benchmark verify ROOT/<config hash>                     # re-hash all files
+    python -m data_modules.benchmark probe BASE.safetensors                        # linear probe of θ0
 """
 
 from __future__ import annotations
@@ -73,9 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     gen.add_argument("--n-pretrain", type=int, default=1600)
     gen.add_argument("--strength", type=float, default=1.0, help="scales every family's change")
     gen.add_argument("--families-train", type=_csv, default=("blend", "warp", "upsample"))
-    gen.add_argument("--families-unseen", type=_csv, default=("diffusion", "edit"))
+    gen.add_argument("--families-unseen", type=_csv, default=("diffusion", "edit", "fingerprint", "resave"))
     gen.add_argument("--family-module", action="append", default=[],
-                     help="module to import first (registers user families); repeatable")
+                     help="module or .py file to import first (registers user families); repeatable")
 
     show = sub.add_parser("show", help="save a contact sheet PNG (rows: reals, then each family)")
     show.add_argument("out_png")
@@ -92,12 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ver = sub.add_parser("verify", help="re-hash a generated benchmark folder against its manifest")
     ver.add_argument("bench_dir")
 
+    probe = sub.add_parser("probe", help="linear probe of a base file on a real-only task (vs random init)")
+    probe.add_argument("base")
+    probe.add_argument("--n-train", type=int, default=280)
+    probe.add_argument("--n-test", type=int, default=140)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import importlib
+    from data_modules.benchmark.families import load_family_modules
 
-    for module in getattr(args, "family_module", []):
-        importlib.import_module(module)
+    load_family_modules(getattr(args, "family_module", []))
 
     if args.command == "generate":
         from data_modules.benchmark.generate import BenchmarkConfig, ensure_benchmark
@@ -124,6 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{fam.name:10s} {fam.imitates}  [version {fam.version}]")
         for dom in DOMAINS.values():
             print(f"domain {dom.name}: {dom.description}; sources {', '.join(dom.sources)}")
+    elif args.command == "probe":
+        from data_modules.benchmark.probe import probe_base
+
+        for res in probe_base(args.base, n_train=args.n_train, n_test=args.n_test).values():
+            print(f"linear probe, {res['task']}, {res['n_train']} train / {res['n_test']} test crops: "
+                  f"theta0 {res['theta0']:.3f}   random init {res['random_init']:.3f}   chance {res['chance']:.3f}")
     elif args.command == "verify":
         from data_modules.benchmark.generate import verify_benchmark
 

@@ -28,7 +28,21 @@ edit       FE (face editing)      attribute change (hue, saturation/brightness, 
                                   soft Gaussian blobs, no hard boundary, then a global re-rendering
                                   at lower resolution (GAN inversion) (StarGAN, Choi et al., CVPR
                                   2018; e4e, Tov et al., 2021; StyleCLIP, Patashnik et al., ICCV 2021)
+fingerprint generator fingerprint  a fixed periodic residual (period 8 px, energy at 1/8, 1/4, 3/8
+           (GAN / latent         cycles/px, none at DC or Nyquist) *added* to the image, content
+           diffusion decoders)    untouched: the spectral peaks of GAN and latent-diffusion decoders
+                                  (Marra et al., MIPR 2019; Yu et al., ICCV 2019; Corvi et al.,
+                                  ICASSP 2023)
+resave     splice + JPEG          a region replaced by a JPEG-compressed copy (quality 50–75, 8×8 grid
+           (another pipeline)     shifted by 1–7 px): local quantisation / blocking inconsistency,
+                                  no resampling, no blur, no colour change (non-aligned double JPEG,
+                                  Bianchi & Piva, TIFS 2012; JPEG ghosts, Farid, TIFS 2009)
 ========== ====================== ==================================================================
+
+The default unseen split (``diffusion``, ``edit``, ``fingerprint``, ``resave``) holds two families
+that share the training families' main trait (they remove high-frequency content) and two of a
+different kind: ``fingerprint`` *adds* energy at frequencies no training family changes, and
+``resave`` comes from a compression pipeline no training family uses.
 
 Strengths: each training family is separated from reals well above chance by a small network
 trained for a few hundred steps on CPU, and none is trivial for a small ViT. Measured while choosing
@@ -71,6 +85,10 @@ __all__ = [
     "upsample",
     "diffusion",
     "edit",
+    "fingerprint",
+    "resave",
+    "ENTRY_POINT_GROUP",
+    "load_family_modules",
 ]
 
 FamilyFn = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -338,8 +356,135 @@ def edit(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC))
 
 
+_FINGERPRINT_PERIOD = 8
+_FINGERPRINT_SEED = 0x5EED_F1  # the "generator": one fixed pattern for every image, as a real model's
+
+
+def _fingerprint_tile() -> np.ndarray:
+    """The fixed ``8×8×3`` residual tile: Gaussian noise with its DC and Nyquist (±4) frequencies
+    removed, unit standard deviation per channel."""
+    tile = np.random.default_rng(_FINGERPRINT_SEED).normal(size=(_FINGERPRINT_PERIOD, _FINGERPRINT_PERIOD, 3))
+    spec = np.fft.fft2(tile, axes=(0, 1))
+    half = _FINGERPRINT_PERIOD // 2
+    spec[0, 0] = 0
+    spec[half, :] = 0
+    spec[:, half] = 0
+    tile = np.real(np.fft.ifft2(spec, axes=(0, 1)))
+    return (tile / tile.std(axis=(0, 1), keepdims=True)).astype(np.float32)
+
+
+def fingerprint(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Generator fingerprint (GAN / latent-diffusion decoder): a fixed periodic residual pattern
+    added to the image, which is otherwise untouched.
+
+    One fixed ``8×8`` tile (every image of this "generator" carries the same one, aligned with
+    the image grid as a decoder's output is) with energy at 1/8, 1/4 and 3/8 cycles/px only — no
+    DC, no Nyquist, so none of the frequencies the training families change — tiled over the
+    image at an amplitude of 3–5 grey levels (standard deviation), scaled by 0.6–1.0 where the
+    image is dark to bright (fingerprints are weaker in shadows). Imitates the periodic spectral
+    peaks of GAN and latent-diffusion images (Marra et al., "Do GANs leave artificial
+    fingerprints?", MIPR 2019; Yu et al., ICCV 2019; Corvi et al., ICASSP 2023)."""
+    h, w = img.shape[:2]
+    tile = _fingerprint_tile()
+    reps = (-(-h // _FINGERPRINT_PERIOD), -(-w // _FINGERPRINT_PERIOD), 1)
+    pattern = np.tile(tile, reps)[:h, :w]
+    base = img.astype(np.float32)
+    lum = base.mean(axis=2, keepdims=True) / 255.0
+    amp = np.float32(rng.uniform(3.0, 5.0))
+    return _to_u8(base + amp * (0.6 + 0.4 * lum) * pattern)
+
+
+def resave(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Splice from another pipeline: a region replaced by a JPEG-compressed copy of the image.
+
+    The copy is JPEG-encoded at quality 50–75 on an ``8×8`` grid shifted by 1–7 px (it was
+    compressed as part of another frame), decoded, and pasted through an ellipse (half-axes 30–45 %
+    of the side, edge σ 0.5–1 px): quantisation and blocking inside the region, none outside — no
+    resampling, blur or colour change. Imitates the inconsistent (non-aligned double) JPEG
+    compression of spliced regions (Bianchi & Piva, TIFS 2012; Farid, "Exposing digital forgeries
+    from JPEG ghosts", TIFS 2009)."""
+    import cv2
+
+    h, w = img.shape[:2]
+    dy, dx = int(rng.integers(1, 8)), int(rng.integers(1, 8))
+    shifted = np.roll(img, (dy, dx), axis=(0, 1))
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(shifted[:, :, ::-1]),
+                           [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(50, 76))])
+    if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
+        raise RuntimeError("JPEG encoding failed")
+    copy = np.roll(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1], (-dy, -dx), axis=(0, 1)).astype(np.float32)
+    mask = np.zeros((h, w), np.float32)
+    centre = (int(round(w * rng.uniform(0.35, 0.65))), int(round(h * rng.uniform(0.35, 0.65))))
+    axes = (int(round(w * rng.uniform(0.30, 0.45))), int(round(h * rng.uniform(0.30, 0.45))))
+    cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, thickness=-1)
+    mask = cv2.GaussianBlur(mask, (0, 0), rng.uniform(0.5, 1.0))[:, :, None]
+    return _to_u8(mask * copy + (1.0 - mask) * img.astype(np.float32))
+
+
 register_family("blend", blend, imitates="FS: face swapping (self-blended images, SBI)")
 register_family("warp", warp, imitates="FR: face reenactment (motion-field warping, FOMM/LIA)")
 register_family("upsample", upsample, imitates="EFS: GAN up-convolution (checkerboard / spectral peaks)")
 register_family("diffusion", diffusion, imitates="EFS: diffusion models (missing high frequencies)")
 register_family("edit", edit, imitates="FE: face attribute editing (StarGAN / StyleCLIP)")
+register_family("fingerprint", fingerprint,
+                imitates="GAN / latent-diffusion decoder fingerprint: periodic spectral peaks (Marra et al. 2019; "
+                         "Corvi et al. 2023)")
+register_family("resave", resave,
+                imitates="splice with inconsistent JPEG compression (non-aligned double JPEG, Bianchi & Piva 2012)")
+
+
+# --------------------------------------------------------------------------------------------
+# user families: modules, files and entry points
+
+#: Entry-point group of installed packages that register benchmark families on import, e.g. in a
+#: ``pyproject.toml``: ``[project.entry-points."r2m.benchmark_families"] my_fakes = "my_pkg.fakes"``.
+ENTRY_POINT_GROUP = "r2m.benchmark_families"
+_LOADED: set[str] = set()
+
+
+def load_family_modules(modules: "list[str] | tuple[str, ...]" = (), entry_points: bool = True) -> None:
+    """Import the modules that register user families (once per process each).
+
+    ``modules``: module names (``my_pkg.fakes``, importable from the working directory too) or
+    Python files (``my_fakes.py`` / ``path/to/fakes.py``, relative to the working directory);
+    ``entry_points``: also load every entry point of :data:`ENTRY_POINT_GROUP`. An import that
+    fails raises ``ValueError`` naming the module."""
+    import importlib
+    import importlib.util
+    import os
+    import sys
+    from pathlib import Path
+
+    targets: list[tuple[str, object]] = []
+    if entry_points:
+        from importlib.metadata import entry_points as _eps
+
+        targets += [(f"entry point {ep.name} = {ep.value}", ep) for ep in _eps(group=ENTRY_POINT_GROUP)]
+    targets += [(str(m), str(m)) for m in modules]
+    for label, target in targets:
+        if label in _LOADED:
+            continue
+        try:
+            if not isinstance(target, str):
+                target.load()  # type: ignore[attr-defined]
+            elif target.endswith(".py") or os.sep in target or "/" in target:
+                path = Path(target).expanduser().resolve()
+                if not path.is_file():
+                    raise FileNotFoundError(f"no such file: {path}")
+                key = f"{path}"
+                if key in _LOADED:
+                    continue
+                name = f"_r2m_user_families_{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+                spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+                sys.modules[name] = module
+                spec.loader.exec_module(module)  # type: ignore[union-attr]
+                _LOADED.add(key)
+            else:
+                if os.getcwd() not in sys.path and "" not in sys.path:
+                    sys.path.append(os.getcwd())  # `python train.py` puts the script's folder first, not the cwd
+                importlib.import_module(target)
+        except Exception as exc:
+            raise ValueError(f"data.family_modules: could not import {label!r} to register benchmark families: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        _LOADED.add(label)

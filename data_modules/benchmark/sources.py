@@ -7,8 +7,10 @@ Two *real* domains play the roles of DF40's FF++ and Celeb-DF domains (train dom
 cross-dataset domain). They differ both in content and in acquisition pipeline:
 
 ``photo`` (domain A, the training domain)
-    Colour photographs: ``astronaut``, ``chelsea``, ``coffee``, ``rocket``, the two views of
-    ``stereo_motorcycle`` and ``immunohistochemistry``. Pipeline: square crop of 64–144 source
+    Colour photographs: ``astronaut``, ``chelsea``, ``coffee``, ``rocket``, the left view of
+    ``stereo_motorcycle`` and ``immunohistochemistry`` (the right stereo view is not used: it shows
+    the same scene shifted by the disparity, so its training band would hold content of the left
+    view's test band). Pipeline: square crop of 64–144 source
     pixels → area resampling (``cv2.INTER_AREA`` when shrinking) → lossless.
 ``archive`` (domain B, cross-dataset only)
     Different photographs — the grey-level ``camera``, ``coins``, ``moon``, ``brick``, ``grass``,
@@ -20,6 +22,13 @@ Train/test separation (no pixel shared between splits): each source image is cut
 disjoint column bands, the left 70 % for ``train`` and the right 30 % for ``test``; every crop of a
 split lies entirely inside its band (``SPLIT_BANDS``). The faces of ``lfw_subset`` are split by
 index instead (faces 0–69 train, 70–99 test). A domain used only for testing may use ``"all"``.
+
+Source regions (the benchmark's *identities*): each band of each photograph is cut into a grid
+of disjoint regions of at least ``REGION_MIN`` source pixels a side (:func:`regions`); every frame
+of a video lies inside one region, so two videos of different regions share no pixel. A video's
+identity is ``"<domain>/<source>/<band>/r<row>c<col>"`` (faces: ``"<domain>/lfw_faces/face<k>"``);
+its forged copies carry the same identity, and the validation carve assigns whole identities
+(regions) to validation, so no validation crop shares a pixel with a training crop.
 
 A *video* is a small bucket of frames cut from one place of one photograph: a base crop
 (position, size, horizontal flip) plus a small per-frame jitter of position (±6 px) and scale
@@ -43,6 +52,9 @@ import numpy as np
 
 __all__ = [
     "DOMAINS",
+    "REGION_MIN",
+    "regions",
+    "sample_video_info",
     "SPLIT_BANDS",
     "Domain",
     "item_rng",
@@ -61,6 +73,8 @@ _JITTER_PX = 6
 _JITTER_SCALE = 0.06
 _MIN_TEXTURE = 2.0  # mean |gray − Gaussian(σ=1)| of the crop at 64 px, in grey levels
 _MAX_TRIES = 30
+#: Minimum side (source pixels) of a source region; crops are at most this large.
+REGION_MIN = 128
 
 
 @dataclass(frozen=True)
@@ -77,8 +91,7 @@ class Domain:
 DOMAINS: dict[str, Domain] = {
     "photo": Domain(
         "photo",
-        ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "motorcycle_right",
-         "immunohistochemistry"),
+        ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "immunohistochemistry"),
         "clean",
         "colour photographs, area resampling, lossless",
     ),
@@ -169,16 +182,30 @@ def _texture(crop: np.ndarray) -> float:
     return float(np.abs(gray - cv2.GaussianBlur(gray, (0, 0), 1.0)).mean())
 
 
-def _photo_frames(src: np.ndarray, band: str, rng: np.random.Generator, n_frames: int) -> list[np.ndarray]:
-    """Crops (not yet resized) of one video from a photograph (``H×W`` or ``H×W×3``)."""
-    height, width = src.shape[:2]
+def regions(height: int, width: int, band: str) -> list[tuple[int, int, int, int, str]]:
+    """Disjoint source regions of one band of a ``height × width`` photograph: a grid of cells of
+    at least :data:`REGION_MIN` pixels a side, as ``(y0, y1, x0, x1, "r<row>c<col>")``."""
     x0, x1 = _band(width, band)
-    max_side = min(_CROP_RANGE[1], height, x1 - x0)
-    if max_side < _CROP_RANGE[0]:
-        raise ValueError(f"source image too small for band {band!r}: {src.shape}")
+    rows, cols = max(1, height // REGION_MIN), max(1, (x1 - x0) // REGION_MIN)
+    ys = [int(round(i * height / rows)) for i in range(rows + 1)]
+    xs = [x0 + int(round(j * (x1 - x0) / cols)) for j in range(cols + 1)]
+    return [(ys[i], ys[i + 1], xs[j], xs[j + 1], f"r{i}c{j}") for i in range(rows) for j in range(cols)]
+
+
+def _photo_frames(src: np.ndarray, band: str, rng: np.random.Generator,
+                  n_frames: int) -> tuple[list[np.ndarray], str]:
+    """Crops (not yet resized) of one video from a photograph (``H×W`` or ``H×W×3``), all inside
+    one source region, and that region's name."""
+    height, width = src.shape[:2]
+    cells = regions(height, width, band)
     for _ in range(_MAX_TRIES):
+        y0, y1, x0, x1, region = cells[int(rng.integers(0, len(cells)))]
+        max_side = min(_CROP_RANGE[1], y1 - y0, x1 - x0)
+        if max_side < _CROP_RANGE[0]:
+            raise ValueError(f"source region {region} of band {band!r} too small: {src.shape}")
         side = int(rng.integers(_CROP_RANGE[0], max_side + 1))
-        y, x = _crop_box(rng, height, x0, x1, side)
+        y, x = _crop_box(rng, y1 - y0, x0, x1, side)
+        y += y0
         if _texture(src[y : y + side, x : x + side]) >= _MIN_TEXTURE:
             break
     flip = bool(rng.integers(0, 2))
@@ -186,15 +213,17 @@ def _photo_frames(src: np.ndarray, band: str, rng: np.random.Generator, n_frames
     for _ in range(n_frames):
         s = int(round(side * (1.0 + rng.uniform(-_JITTER_SCALE, _JITTER_SCALE))))
         s = int(np.clip(s, 16, max_side))
-        fy = int(np.clip(y + rng.integers(-_JITTER_PX, _JITTER_PX + 1), 0, height - s))
+        fy = int(np.clip(y + rng.integers(-_JITTER_PX, _JITTER_PX + 1), y0, y1 - s))
         fx = int(np.clip(x + rng.integers(-_JITTER_PX, _JITTER_PX + 1), x0, x1 - s))
         crop = src[fy : fy + s, fx : fx + s]
         frames.append(crop[:, ::-1] if flip else crop)
-    return frames
+    return frames, region
 
 
-def _face_frames(faces: np.ndarray, band: str, rng: np.random.Generator, n_frames: int) -> list[np.ndarray]:
-    """Crops of one video from one LFW face (25×25): 21–25 px squares with ±1 px jitter."""
+def _face_frames(faces: np.ndarray, band: str, rng: np.random.Generator,
+                 n_frames: int) -> tuple[list[np.ndarray], str]:
+    """Crops of one video from one LFW face (25×25): 21–25 px squares with ±1 px jitter; and
+    ``"face<k>"``."""
     if band not in SPLIT_BANDS:
         raise ValueError(f"unknown band {band!r} for benchmark crops; known: {sorted(SPLIT_BANDS)}")
     if band == "train":
@@ -203,7 +232,8 @@ def _face_frames(faces: np.ndarray, band: str, rng: np.random.Generator, n_frame
         lo, hi = _LFW_TRAIN_FACES, len(faces)
     else:
         lo, hi = 0, len(faces)
-    face = faces[int(rng.integers(lo, hi))]
+    k = int(rng.integers(lo, hi))
+    face = faces[k]
     side = int(rng.integers(21, 26))
     flip = bool(rng.integers(0, 2))
     frames = []
@@ -212,7 +242,7 @@ def _face_frames(faces: np.ndarray, band: str, rng: np.random.Generator, n_frame
         fx = int(rng.integers(0, 25 - side + 1))
         crop = face[fy : fy + side, fx : fx + side]
         frames.append(crop[:, ::-1] if flip else crop)
-    return frames
+    return frames, f"face{k}"
 
 
 def _to_rgb_clean(crop: np.ndarray, size: int) -> np.ndarray:
@@ -250,11 +280,12 @@ def _to_rgb_archive(crop: np.ndarray, size: int, params: dict, rng: np.random.Ge
     return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
 
 
-def sample_video(
+def sample_video_info(
     domain: str, split: str, index: int, *, seed: int = 0, n_frames: int = 4, size: int = 64,
     band: str | None = None,
-) -> list[np.ndarray]:
-    """Frames (``size×size×3`` uint8 RGB) of real video ``index`` of ``domain``/``split``.
+) -> tuple[list[np.ndarray], dict[str, str]]:
+    """Frames (``size×size×3`` uint8 RGB) of real video ``index`` of ``domain``/``split`` and where
+    they come from: ``{"source": photograph, "band": band, "region": region, "identity": ...}``.
 
     Deterministic in ``(seed, domain, split, index)``. ``band`` (default: ``split``) picks the
     region of the source images: ``"train"``, ``"test"`` or ``"all"`` (whole images; only for a
@@ -270,13 +301,24 @@ def sample_video(
     source = dom.sources[int(rng.integers(0, len(dom.sources)))]
     src = load_source(source)
     if source == "lfw_faces":
-        crops = _face_frames(src, band, rng, n_frames)
+        crops, region = _face_frames(src, band, rng, n_frames)
+        identity = f"{domain}/{source}/{region}"
     else:
-        crops = _photo_frames(src, band, rng, n_frames)
+        crops, region = _photo_frames(src, band, rng, n_frames)
+        identity = f"{domain}/{source}/{band}/{region}"
+    info = {"source": source, "band": band, "region": region, "identity": identity}
     if dom.pipeline == "archive":
         params = _archive_params(rng)
-        return [_to_rgb_archive(c, size, params, rng) for c in crops]
-    return [_to_rgb_clean(c, size) for c in crops]
+        return [_to_rgb_archive(c, size, params, rng) for c in crops], info
+    return [_to_rgb_clean(c, size) for c in crops], info
+
+
+def sample_video(
+    domain: str, split: str, index: int, *, seed: int = 0, n_frames: int = 4, size: int = 64,
+    band: str | None = None,
+) -> list[np.ndarray]:
+    """The frames of :func:`sample_video_info`."""
+    return sample_video_info(domain, split, index, seed=seed, n_frames=n_frames, size=size, band=band)[0]
 
 
 def sample_videos(

@@ -10,7 +10,7 @@ from data_modules.benchmark import sources as src_mod
 from data_modules.benchmark.families import unregister_family
 from data_modules.benchmark.sources import DOMAINS, item_rng, sample_video
 
-BUILTINS = ["blend", "warp", "upsample", "diffusion", "edit"]
+BUILTINS = ["blend", "warp", "upsample", "diffusion", "edit", "fingerprint", "resave"]
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,34 @@ def test_train_and_test_crops_come_from_disjoint_bands(monkeypatch) -> None:
             assert frame[:, :, 0].max() <= limit + 1.0
         for frame in sample_video("photo", "test", i, n_frames=4, size=32):
             assert frame[:, :, 0].min() >= limit - 1.0
+
+
+def test_every_video_lies_in_one_source_region(monkeypatch) -> None:
+    """A synthetic source whose red / green channels encode the column / row: every frame of a video
+    stays inside the region its identity names, and regions of a band do not overlap."""
+    h, w = 300, 400
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, :, 0] = np.round(np.linspace(0, 255, w)).astype(np.uint8)[None, :]
+    img[:, :, 1] = np.round(np.linspace(0, 255, h)).astype(np.uint8)[:, None]
+    img[:, :, 2] = np.random.default_rng(0).integers(0, 256, size=(h, w))  # texture
+    monkeypatch.setattr(src_mod, "load_source", lambda name: img)
+    cells = {r[4]: r for r in src_mod.regions(h, w, "train")}
+    assert len(cells) >= 4
+    covered = np.zeros((h, w), int)
+    for y0, y1, x0, x1, _ in cells.values():
+        assert min(y1 - y0, x1 - x0) >= src_mod.REGION_MIN
+        covered[y0:y1, x0:x1] += 1
+    assert covered.max() == 1  # disjoint
+    seen = set()
+    for i in range(30):
+        frames, info = src_mod.sample_video_info("photo", "train", i, n_frames=4, size=32)
+        y0, y1, x0, x1, _ = cells[info["region"]]
+        assert info["identity"] == f"photo/{info['source']}/train/{info['region']}"
+        seen.add(info["region"])
+        for frame in frames:
+            assert 255 * x0 / (w - 1) - 1 <= frame[:, :, 0].min() and frame[:, :, 0].max() <= 255 * (x1 - 1) / (w - 1) + 1
+            assert 255 * y0 / (h - 1) - 1 <= frame[:, :, 1].min() and frame[:, :, 1].max() <= 255 * (y1 - 1) / (h - 1) + 1
+    assert len(seen) > 1
 
 
 def test_unknown_domain_and_band_raise() -> None:
@@ -142,6 +170,40 @@ def test_diffusion_removes_high_frequencies(crops: list[np.ndarray]) -> None:
               for i, img in enumerate(crops)]
     assert np.mean(np.array(ratios) < 1.0) >= 0.7
     assert np.median(ratios) < 0.95
+
+
+def _period8_share(img: np.ndarray) -> float:
+    """Share of spectral power on the period-8 grid frequencies of 1/4 and 3/8 cycles/px (not DC,
+    not Nyquist, not the lowest 1/8 where natural images hold most of their power)."""
+    power = np.abs(np.fft.fft2(_gray(img))) ** 2
+    h, w = power.shape
+    fy, fx = np.abs(np.fft.fftfreq(h))[:, None], np.abs(np.fft.fftfreq(w))[None, :]
+    on_grid = (np.isclose((fy * 8) % 1, 0) | np.isclose((fy * 8) % 1, 1)) & \
+        (np.isclose((fx * 8) % 1, 0) | np.isclose((fx * 8) % 1, 1))
+    grid = on_grid & (np.maximum(fy, fx) >= 0.25 - 1e-9) & (fy < 0.5 - 1e-9) & (fx < 0.5 - 1e-9)
+    return float(power[grid].sum() / power.sum())
+
+
+def test_fingerprint_adds_energy_where_training_families_do_not(crops: list[np.ndarray]) -> None:
+    """The fingerprint adds power at the period-8 frequencies and not at Nyquist (upsample's) nor
+    does it remove high frequencies (blend / warp / upsample / diffusion / edit do)."""
+    fp = [apply_family("fingerprint", img, item_rng(0, "f", i)) for i, img in enumerate(crops)]
+    ratios = [_period8_share(f) / max(_period8_share(img), 1e-12) for f, img in zip(fp, crops)]
+    assert np.median(ratios) > 2.0
+    assert np.median([_high_share(f) / _high_share(img) for f, img in zip(fp, crops)]) >= 1.0
+    for fam in ("blend", "warp", "upsample"):
+        other = [_period8_share(apply_family(fam, img, item_rng(0, fam, i))) / max(_period8_share(img), 1e-12)
+                 for i, img in enumerate(crops)]
+        assert np.median(other) < np.median(ratios) / 2, fam
+    # one fixed pattern: the residuals of two images correlate
+    r = [f.astype(np.float64) - img for f, img in zip(fp[:2], crops[:2])]
+    assert np.corrcoef(r[0].ravel(), r[1].ravel())[0, 1] > 0.5
+
+
+def test_resave_is_a_local_compression_splice(crops: list[np.ndarray]) -> None:
+    unchanged = [np.all(apply_family("resave", img, item_rng(0, "r", i)) == img, axis=2).mean()
+                 for i, img in enumerate(crops)]
+    assert 0.05 < np.mean(unchanged) < 0.8
 
 
 def test_blend_is_local(crops: list[np.ndarray]) -> None:

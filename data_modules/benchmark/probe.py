@@ -1,0 +1,71 @@
+"""Linear probe of a base θ0 on a real-only task the pretext never saw.
+
+Tasks: which source photograph a crop comes from, on the *archive* domain (7 classes: ``camera``,
+``coins``, ``moon``, ``brick``, ``grass``, ``gravel``, LFW faces — grey photographs through another
+acquisition pipeline; no photograph of the pretraining domain) and on the *photo* domain (the 6
+pretraining photographs). The probe is a logistic
+regression on frozen pooled features (:func:`r2m.models.pretrain.linear_probe`), fitted on crops of
+the photographs' training band and scored on their test band (disjoint pixels; LFW faces split by
+index). The same architecture with a random initialisation (same seed) is the reference:
+
+    python -m data_modules.benchmark probe .cache/pretrained/pretrained-<key>.safetensors
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["probe_data", "probe_base"]
+
+
+def probe_data(n_train: int = 280, n_test: int = 140, size: int = 64, seed: int = 0,
+               domain: str = "archive") -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], list[str]]:
+    """``(train, test, classes)``: uint8 ``[N,3,S,S]`` crops (one frame per video) and source labels."""
+    from data_modules.benchmark.sources import DOMAINS, sample_video_info
+
+    classes = list(DOMAINS[domain].sources)
+
+    def draw(split: str, band: str, n: int):
+        images, labels = [], []
+        for i in range(n):
+            frames, info = sample_video_info(domain, f"probe-{split}", i, seed=seed, n_frames=1, size=size, band=band)
+            images.append(frames[0])
+            labels.append(classes.index(info["source"]))
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+        return x, torch.tensor(labels)
+
+    return draw("train", "train", n_train), draw("test", "test", n_test), classes
+
+
+def probe_base(base: str | os.PathLike, n_train: int = 280, n_test: int = 140, seed: int = 0,
+               mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> dict[str, Any]:
+    """Linear-probe accuracy of the base file ``base`` and of a random initialisation of the same
+    architecture; with the task's chance level (majority class of the test set)."""
+    from data_modules.transforms import resolve_mean_std
+    from r2m.checkpoints import read_metadata
+    from r2m.models.backbone import build_backbone_from_spec
+    from r2m.models.pretrain import extract_features, linear_probe
+
+    meta = read_metadata(base)
+    spec = meta["model_spec"]
+    size = int(spec["image_size"])
+    m, s = resolve_mean_std(mean, std)
+    out: dict[str, Any] = {}
+    for domain in ("archive", "photo"):
+        (x, y), (xt, yt), classes = probe_data(n_train, n_test, size=size, seed=seed, domain=domain)
+        res: dict[str, Any] = {"task": f"{domain} source ({len(classes)} classes)", "classes": classes,
+                               "n_train": len(y), "n_test": len(yt),
+                               "chance": float(np.bincount(yt.numpy()).max() / len(yt))}
+        for name, pretrained in (("theta0", os.fspath(base)), ("random_init", None)):
+            torch.manual_seed(seed)
+            backbone, _ = build_backbone_from_spec(spec, pretrained=pretrained)
+            train = extract_features(backbone, [{"image": x, "label": y}], m, s)
+            test = extract_features(backbone, [{"image": xt, "label": yt}], m, s)
+            res[name] = linear_probe(train, test)
+        out[domain] = res
+    return out
