@@ -5,7 +5,7 @@
 (``-quickgelu`` for OpenAI weights), optimizer (``configure_optimizers``: DF40's non-fused Adam),
 batch 32, precision from ``trainer=gpu`` (bf16-mixed) or ``trainer=cpu``, ``data=df40`` with its
 workers / pin_memory), writes a DF40-format fixture of 256-px PNG crops to a temporary folder, and
-runs ``train.train_task`` — the real DataModule, the Lightning fit loop, host→device copy and the
+runs ``r2m.training.train_task`` — the real DataModule, the Lightning fit loop, host→device copy and the
 detector's on-device normalisation. It reports img/s over the timed steps and, beside it, the raw
 step of the *same* model, optimizer and precision on random tensors already on the device, so the
 gap (loader, copy, Lightning) is visible. Weights are random (``model.pretrained=null``; no
@@ -104,9 +104,9 @@ def write_fixture(root: Path, frames_needed: int, frames_per_video: int = 8, siz
 
     from data_modules.fixtures import FIXTURE_REMAP, write_df40_fixture
 
-    info = write_df40_fixture(root / "fixture", n_videos=1, frames_per_video=2, image_size=16,
-                              methods={"fs": ("simswap", "fsgan")})
-    n_videos = max(2, math.ceil(frames_needed / (2 * frames_per_video * 0.85)))
+    info = write_df40_fixture(root / "fixture", n_videos=8, frames_per_video=2, image_size=16)
+    n_videos = max(8, math.ceil(frames_needed / (2 * frames_per_video * 0.85)))
+    n_videos += n_videos % 2  # FF++-style disjoint pairs (000_001, 001_000, ...): the identity carve keeps both sides
     json_path = Path(info["json_dir"]) / "FSAll_ff.json"
     obj = json.loads(json_path.read_text())
     P = "deepfakes_detection_datasets"
@@ -118,7 +118,7 @@ def write_fixture(root: Path, frames_needed: int, frames_per_video: int = 8, siz
     for group, (label, pattern) in groups.items():
         videos = {}
         for i in range(n_videos):
-            vid = f"{i:03d}" if label.endswith("Real") else f"{i:03d}_{(i + 1) % n_videos:03d}"
+            vid = f"{i:03d}" if label.endswith("Real") else f"{i:03d}_{i ^ 1:03d}"
             frames = [f"{pattern.format(v=vid)}/{k:03d}.png" for k in range(frames_per_video)]
             for f in frames:
                 prefix, folder = next((p, d) for p, d in remap if f.startswith(p + "/"))
@@ -202,7 +202,7 @@ def compose_cfg(args: argparse.Namespace, fixture: dict | None, timer_out: str |
         over += [f"paths.df40_root={fixture['df40_root']}", f"paths.df40_json_dir={fixture['json_dir']}",
                  "data.test_splits.in_distribution=[FSAll_ff]",
                  "data.test_splits.cross_dataset=[FSAll_cdf]", "data.test_splits.unseen=[deepfacelab,heygen]",
-                 "data.family=fs"]
+                 "data.family=fs", "data.val_fraction=0.5"]
     steps = args.warmup + args.steps
     over += [f"trainer.max_steps={steps}", "trainer.max_epochs=1000", "trainer.limit_val_batches=0",
              "trainer.num_sanity_val_steps=0", "+trainer.enable_checkpointing=false",
@@ -287,10 +287,10 @@ def bench_e2e(args: argparse.Namespace, with_fit: bool = True) -> list[str]:
             fixture_s = time.perf_counter() - t0
             timer = str(tmp / "timer.json")
             cfg = compose_cfg(args, fixture, timer)
-            import train
+            from r2m.training import train_task
 
             t0 = time.perf_counter()
-            model, trainer = train.train_task(cfg, "fs", tmp / "run", ["fs"], {}, {"benchmark": True}, None)
+            model, trainer = train_task(cfg, "fs", tmp / "run", ["fs"], {}, {"benchmark": True}, None)
             fit_s = time.perf_counter() - t0
             res = json.loads(Path(timer).read_text())
             if not res["seconds"] or res["steps"] != args.steps:

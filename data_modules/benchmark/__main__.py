@@ -4,7 +4,6 @@
     python -m data_modules.benchmark show OUT.png [--n 8 --diff]                  # contact sheet
     python -m data_modules.benchmark info                                          # families, domains
     python -m data_modules.benchmark verify ROOT/<config hash>                     # re-hash all files
-    python -m data_modules.benchmark probe BASE.safetensors                        # linear probe of θ0
 """
 
 from __future__ import annotations
@@ -93,10 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ver = sub.add_parser("verify", help="re-hash a generated benchmark folder against its manifest")
     ver.add_argument("bench_dir")
 
-    probe = sub.add_parser("probe", help="linear probe of a base file on a real-only task (vs random init)")
-    probe.add_argument("base")
-    probe.add_argument("--n-train", type=int, default=280)
-    probe.add_argument("--n-test", type=int, default=140)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -129,12 +124,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{fam.name:10s} {fam.imitates}  [version {fam.version}]")
         for dom in DOMAINS.values():
             print(f"domain {dom.name}: {dom.description}; sources {', '.join(dom.sources)}")
-    elif args.command == "probe":
-        from data_modules.benchmark.probe import probe_base
-
-        for res in probe_base(args.base, n_train=args.n_train, n_test=args.n_test).values():
-            print(f"linear probe, {res['task']}, {res['n_train']} train / {res['n_test']} test crops: "
-                  f"theta0 {res['theta0']:.3f}   random init {res['random_init']:.3f}   chance {res['chance']:.3f}")
     elif args.command == "verify":
         from data_modules.benchmark.generate import verify_benchmark
 

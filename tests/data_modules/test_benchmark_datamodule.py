@@ -36,7 +36,7 @@ def test_split_structure_and_batches(root: Path) -> None:
     assert dm.test_set_names == TEST_SETS
     assert dm.test_splits == {"in_distribution": TEST_SETS[:3], "cross_dataset": TEST_SETS[3:6], "unseen": TEST_SETS[6:]}
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].shape[1:] == (3, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["image"].shape[1:] == (3, 32, 32) and batch["image"].dtype == torch.uint8  # normalised on the device
     assert batch["label"].dtype == torch.long and set(batch["label"].tolist()) <= {0, 1}
     loaders = dm.test_dataloader()
     assert len(loaders) == len(TEST_SETS)
@@ -71,16 +71,20 @@ def test_unknown_family(root: Path) -> None:
 
 
 def test_images_are_the_generated_pngs(root: Path) -> None:
-    """The evaluation loader returns exactly the written crops, normalised with mean/std."""
+    """The evaluation loader returns exactly the written crops (uint8), equal after the detector's
+    on-device normalisation with mean/std."""
+    from r2m.models.preprocess import normalize_images
+
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     dm = make(root, mean=mean, std=std)
     dm.setup("test")
     table = dm.table("edit_photo")
     batch = next(iter(dm.test_dataloader()[TEST_SETS.index("edit_photo")]))
+    images = normalize_images(batch["image"], mean, std)
     for i in range(3):
         rgb = cv2.imread(table.path(i), cv2.IMREAD_COLOR)[:, :, ::-1].astype(np.float64) / 255.0
         expected = (rgb - np.array(mean)) / np.array(std)
-        np.testing.assert_allclose(batch["image"][i].permute(1, 2, 0).numpy(), expected, atol=1e-5)
+        np.testing.assert_allclose(images[i].permute(1, 2, 0).numpy(), expected, atol=1e-5)
 
 
 CARVE = dict(n_train=64, val_fraction=0.3)

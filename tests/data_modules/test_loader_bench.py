@@ -21,7 +21,7 @@ def bench():
 def test_compose_is_the_training_config(bench):
     args = bench.parse_args(["e2e", "--model", "vit_l14", "--device", "cpu"])
     cfg = bench.compose_cfg(args, None, None)
-    assert cfg.model.model_name == "ViT-L-14-quickgelu" and cfg.model.optimizer == "adam"
+    assert cfg.model.model_name == "ViT-L-14-quickgelu" and cfg.model.optimizer._target_ == "torch.optim.Adam"
     assert cfg.data.batch_size == 32 and cfg.data._target_ == "data_modules.df40.DF40DataModule"
     assert cfg.model.pretrained is None and cfg.trainer.precision == "32-true"
     gpu = bench.compose_cfg(bench.parse_args(["e2e", "--model", "vit_b16", "--device", "cuda"]), None, None)

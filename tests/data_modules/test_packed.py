@@ -15,7 +15,7 @@ from data_modules.packed import MANIFEST, PackedDataModule, main, pack_datamodul
 
 @pytest.fixture(scope="module")
 def fx(tmp_path_factory):
-    return write_df40_fixture(tmp_path_factory.mktemp("fxp") / "df40", n_videos=3, frames_per_video=3, image_size=16)
+    return write_df40_fixture(tmp_path_factory.mktemp("fxp") / "df40", n_videos=8, frames_per_video=3, image_size=16)
 
 
 def make_dm(info, **kw):
@@ -93,7 +93,7 @@ def test_cli_and_packed_config(tmp_path, capsys):
     from hydra.utils import instantiate
 
     root = tmp_path / "cache"
-    over = ["experiment=tiny", f"paths.root_dir={tmp_path}", f"paths.cache_dir={root}", "data.fixture.n_videos=3",
+    over = ["experiment=tiny", f"paths.root_dir={tmp_path}", f"paths.cache_dir={root}", "data.fixture.n_videos=8",
             "data.fixture.frames_per_video=2", "data.fixture.image_size=16"]
     assert main([str(tmp_path / "pack"), *over]) == 0
     printed = capsys.readouterr().out

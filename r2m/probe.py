@@ -8,7 +8,9 @@ regression on frozen pooled features (:func:`r2m.models.pretrain.linear_probe`),
 the photographs' training band and scored on their test band (disjoint pixels; LFW faces split by
 index). The same architecture with a random initialisation (same seed) is the reference:
 
-    python -m data_modules.benchmark probe .cache/pretrained/pretrained-<key>.safetensors
+    python -m r2m.probe .cache/pretrained/pretrained-<key>.safetensors
+
+(It lives in ``r2m`` because it joins the benchmark's data and the models, which never import each other.)
 """
 
 from __future__ import annotations
@@ -69,3 +71,21 @@ def probe_base(base: str | os.PathLike, n_train: int = 280, n_test: int = 140, s
             res[name] = linear_probe(train, test)
         out[domain] = res
     return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m r2m.probe", description=__doc__.splitlines()[0])
+    parser.add_argument("base", help="an r2m base file (e.g. .cache/pretrained/pretrained-<key>.safetensors)")
+    parser.add_argument("--n-train", type=int, default=280)
+    parser.add_argument("--n-test", type=int, default=140)
+    args = parser.parse_args(argv)
+    for res in probe_base(args.base, n_train=args.n_train, n_test=args.n_test).values():
+        print(f"linear probe, {res['task']}, {res['n_train']} train / {res['n_test']} test crops: "
+              f"theta0 {res['theta0']:.3f}   random init {res['random_init']:.3f}   chance {res['chance']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
