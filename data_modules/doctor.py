@@ -47,7 +47,6 @@ import time
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +59,7 @@ from data_modules.index import (
     IndexFormatError,
     PathResolver,
     frames_exist,
+    map_chunks,
     parse_index,
     progress,
 )
@@ -181,28 +181,9 @@ def _header_chunk(paths: Sequence[str]) -> list[str | None]:
 
 def _map_chunks(fn, paths: Sequence[str], workers: int, desc: str, processes: bool,
                 show: bool | None, chunk: int = 256) -> list[str | None]:
-    out: list[str | None] = []
-    chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
     bar = progress(range(len(paths)), len(paths), desc, enabled=show if show is not None else (
         None if len(paths) >= 20_000 or not processes else len(paths) >= 2_000))
-    update = getattr(bar, "update", None)
-    if workers <= 1 or len(chunks) <= 1:
-        parts = map(fn, chunks)
-        pool = None
-    else:
-        pool = (ProcessPoolExecutor if processes else ThreadPoolExecutor)(max_workers=workers)
-        parts = pool.map(fn, chunks)
-    try:
-        for part in parts:
-            out.extend(part)
-            if update is not None:
-                update(len(part))
-    finally:
-        if pool is not None:
-            pool.shutdown()
-        if hasattr(bar, "close"):
-            bar.close()
-    return out
+    return map_chunks(fn, paths, chunk, workers, bar, processes=processes)
 
 
 # ---------------------------------------------------------------------------------------------- report

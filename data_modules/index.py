@@ -19,9 +19,10 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from data_modules.labels import LabelMapper, UnknownLabelError
 
@@ -344,16 +345,24 @@ def frames_exist(paths: Sequence[str], workers: int = 8, chunk: int = 2048, desc
     progress bar (``desc``) for long lists."""
     if len(paths) <= chunk:
         return _exists_chunk(paths)
-    chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
-    out: list[bool] = []
     bar = progress(range(len(paths)), len(paths), desc or "checking frames exist", enabled=show_progress)
+    return map_chunks(_exists_chunk, paths, chunk, workers, bar)
+
+
+def map_chunks(fn: Callable[[Sequence[str]], list], paths: Sequence[str], chunk: int, workers: int, bar: Any,
+               processes: bool = False) -> list:
+    """``fn`` over ``paths`` in chunks of ``chunk`` (in a thread or process pool of ``workers`` when
+    there are several chunks), results in order; ``bar`` (a tqdm or a plain iterable) is advanced by
+    chunk and closed at the end."""
+    chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
+    out: list = []
     update = getattr(bar, "update", None)
-    if workers <= 1:
-        parts: Iterable[list[bool]] = map(_exists_chunk, chunks)
-        pool = None
+    pool = None
+    if workers <= 1 or len(chunks) <= 1:
+        parts: Iterable[list] = map(fn, chunks)
     else:
-        pool = ThreadPoolExecutor(max_workers=workers)
-        parts = pool.map(_exists_chunk, chunks)
+        pool = (ProcessPoolExecutor if processes else ThreadPoolExecutor)(max_workers=workers)
+        parts = pool.map(fn, chunks)
     try:
         for part in parts:
             out.extend(part)

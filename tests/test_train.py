@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from wandb_reader import read_run
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "train.py"
@@ -236,52 +236,10 @@ def test_killed_run_resumes_in_its_own_folder(tmp_path, shared_cache):
 # ------------------------------------------------------------------------------ W&B offline runs
 
 
-def _wandb_records(path: Path):
-    """Records of a `.wandb` run file: wandb's LevelDB-style log (7-byte file header ':W&B' + magic +
-    version; 32 KiB blocks of chunks with a 7-byte header crc32/length/type) of `Record` protobufs."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", f"{path}: not a W&B datastore file"
-    block, off, pending = 32768, 7, b""
-    while off + 7 <= len(data):
-        left = block - off % block
-        if left < 7:
-            off += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[off:off + 7])
-        if kind == 0 and length == 0:
-            off += left
-            continue
-        chunk = data[off + 7:off + 7 + length]
-        off += 7 + length
-        if kind in (1, 2):  # full, first
-            pending = chunk
-        else:  # middle, last
-            pending += chunk
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(pending)
-            yield record
-
-
 def _read_run(path: Path) -> dict:
-    import json
-
-    out = {"config": {}, "history_keys": set(), "exit_code": None}
-    for rec in _wandb_records(path):
-        kind = rec.WhichOneof("record_type")
-        if kind == "run":
-            out.update(name=rec.run.display_name, group=rec.run.run_group, job_type=rec.run.job_type,
-                       run_id=rec.run.run_id)
-        elif kind == "config":
-            for item in rec.config.update:
-                out["config"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-        elif kind == "history":
-            out["history_keys"] |= {item.key or "/".join(item.nested_key) for item in rec.history.item}
-        elif kind == "exit":
-            out["exit_code"] = rec.exit.exit_code
-    return out
+    run = read_run(path)
+    return {"config": run.config, "history_keys": run.history_keys, "exit_code": run.exit_code, "name": run.name,
+            "group": run.group, "job_type": run.job_type, "run_id": run.run_id}
 
 
 def test_wandb_training_runs_offline(tmp_path, shared_cache):

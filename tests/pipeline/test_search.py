@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
+from wandb_reader import records as wandb_records
 
 from pipeline_helpers import REPO, make_specialists, run_script
 from r2m.search import PipelineRunner, parse_search, run_search
@@ -153,34 +154,6 @@ def test_merge_py_hparams_search_cli(specialists, tmp_path):
     assert len(optuna.load_study(study_name="r2m_rank_alpha", storage=f"sqlite:///{out / 'study.db'}").trials) == 3
 
 
-def _wandb_records(path: Path) -> list:
-    """Records of an offline ``.wandb`` file (LevelDB-style log: 7-byte header, 32 KiB blocks,
-    chunks of ``crc32c(4) length(2) type(1)``), parsed with wandb's own protobuf classes."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", path
-    pos, block, chunks, buf = 7, 32768, [], b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        length = int.from_bytes(data[pos + 4:pos + 6], "little")
-        kind = data[pos + 6]
-        chunk = data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind == 1:
-            chunks.append(chunk)
-        elif kind == 2:
-            buf = chunk
-        elif kind == 3:
-            buf += chunk
-        elif kind == 4:
-            chunks.append(buf + chunk)
-    return [pb.Record.FromString(c) for c in chunks]
-
-
 def test_search_logs_one_wandb_run_per_trial(specialists, tmp_path, monkeypatch):
     """logger=wandb (offline): one run per trial + the best point (job_type merge, one group, the
     trial's name, val/auc) and one merge-summary run with the trial table; read back from the files."""
@@ -192,7 +165,7 @@ def test_search_logs_one_wandb_run_per_trial(specialists, tmp_path, monkeypatch)
     result = run_search(spec, PipelineRunner(cfg, spec.method, spec.study_name))
     runs = {}
     for f in sorted(spec.directory.rglob("run-*.wandb")):
-        records = _wandb_records(f)
+        records = wandb_records(f)
         run = next(r.run for r in records if r.HasField("run"))
         keys = {item.key or "/".join(item.nested_key) for r in records if r.HasField("history")
                 for item in r.history.item}

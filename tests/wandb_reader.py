@@ -66,13 +66,16 @@ class RunRecord:
         return {k for row in self.history for k in row if not k.startswith("_")}
 
 
-def read_run(path: str | Path) -> RunRecord:
+def records(path: str | Path) -> list:
+    """Every ``wandb.proto.wandb_internal_pb2.Record`` of one offline ``run-<id>.wandb`` file."""
     from wandb.proto import wandb_internal_pb2 as pb
 
+    return [pb.Record.FromString(chunk) for chunk in _chunks(Path(path).read_bytes())]
+
+
+def read_run(path: str | Path) -> RunRecord:
     rec = RunRecord(Path(path))
-    for chunk in _chunks(Path(path).read_bytes()):
-        r = pb.Record()
-        r.ParseFromString(chunk)
+    for r in records(path):
         kind = r.WhichOneof("record_type")
         if kind == "run":
             rec.run_id, rec.name, rec.group, rec.job_type = r.run.run_id, r.run.display_name, r.run.run_group, r.run.job_type
