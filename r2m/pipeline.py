@@ -343,14 +343,6 @@ def _diagnose(out_dir: Path, pool: Any, job: MergeJob, device: Any) -> list[Path
 # ------------------------------------------------------------------------ config front end
 
 
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    if isinstance(value, (str, Path)):
-        return [value]
-    return list(value)
-
-
 def _hydra_dirs(cfg: Any) -> tuple[Path, Path | None]:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -416,7 +408,9 @@ def jobs_from_merge_config(cfg: Any) -> list[MergeJob]:
     jobs = jobs_from_config(OmegaConf.to_container(cfg.merge, resolve=True))
     extra = cfg.get("extra_methods")
     if extra:
-        jobs += jobs_from_entries(_as_list(OmegaConf.to_container(extra, resolve=True)))
+        from r2m.pool import as_list
+
+        jobs += jobs_from_entries(as_list(OmegaConf.to_container(extra, resolve=True)))
     return jobs
 
 

@@ -81,7 +81,8 @@ def expand_source(source: str | Path) -> tuple[list[Path], bool]:
     raise FileNotFoundError(f"specialist source not found: {text}")
 
 
-def _as_list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
+    """``None`` → ``[]``, one path or string → ``[it]``, any other iterable → a list (config values)."""
     if value is None:
         return []
     if isinstance(value, (str, Path)):
@@ -116,7 +117,7 @@ class SpecialistPool:
         """Collect specialists from ``sources`` (file, folder, glob or a list) plus ``add``
         (explicit files, composable re-merge). ``joint``: an explicit joint model file (else one
         found among folder/glob sources is used). See the module docstring for the rules."""
-        srcs = _as_list(sources)
+        srcs = as_list(sources)
         if not srcs:
             raise ValueError(
                 "no specialists given (specialists is empty): pass specialists=<file|folder|glob|[files]>"
@@ -147,7 +148,7 @@ class SpecialistPool:
                     skipped.append((f, why))
                     if kind == "joint":
                         joints.append(key)
-        for extra in _as_list(add):
+        for extra in as_list(add):
             f = Path(str(extra))
             if not f.is_file():
                 raise FileNotFoundError(f"+add: file not found: {f}")
