@@ -6,7 +6,8 @@ singular values of the residual block matrices:
 
 - ``singular_values`` / ``singular_values_centered``: spectrum of the task matrix T (N×D) and of
   the centred T − 1τ̄ᵀ. A dominant first value of T with a flat centred spectrum means the
-  specialists share a large common ("Real") component.
+  specialists share a large common ("Real") component. ``top_singular_share`` = σ₁² / Σσ² of T
+  (1/N when the task vectors are orthogonal and of equal norm; 1 when they are all parallel).
 - ``cosines``: pairwise cosine similarity of the task vectors.
 - ``residual_norms``: ‖ρ_i‖ before truncation, after layerwise rank truncation and after norm
   matching (all equal to the mean by construction), where ρ_i is R²M's Fake residual
@@ -126,6 +127,7 @@ def compute_diagnostics(
         "task_norms": diag.tolist(),
         "singular_values": evals.sqrt().tolist(),
         "singular_values_centered": evals_c.sqrt().tolist(),
+        "top_singular_share": float(evals[0] / evals.sum()) if float(evals.sum()) > 0 else 0.0,
         "cosines": cosines.tolist(),
         "residual_norms": {
             "before_truncation": norms_before.tolist(),

@@ -71,6 +71,8 @@ def test_diagnostics_match_bruteforce(center, residual):
     torch.testing.assert_close(torch.tensor(diag["singular_values"], dtype=torch.float64), sv, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(torch.tensor(diag["singular_values_centered"][:2], dtype=torch.float64), svc[:2], rtol=1e-6, atol=1e-9)
     assert diag["singular_values_centered"][2] < 1e-6  # centred matrix has rank ≤ N − 1
+    assert diag["top_singular_share"] == pytest.approx(float(sv[0] ** 2 / (sv ** 2).sum()), rel=1e-6)
+    assert 1 / 3 < diag["top_singular_share"] < 1  # a shared component (σ₁ dominates), not parallel
     cos = torch.tensor(diag["cosines"], dtype=torch.float64)
     torch.testing.assert_close(torch.diagonal(cos), torch.ones(3, dtype=torch.float64))
     assert set(diag["energy_kept"]) == {kk for kk in base if kk.endswith(BLOCKS)}
