@@ -23,6 +23,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from r2m.utils import to_plain
+
 log = logging.getLogger(__name__)
 
 __all__ = ["recorded_data_config", "resolve_data_config", "instantiate_data", "preflight", "check_carve",
@@ -35,17 +37,6 @@ RUNTIME_KEYS = frozenset({"family", "batch_size", "eval_batch_size", "num_worker
 CARVE_KEYS = ("val_fraction", "seed", "split_seed", "identity_rule", "identity_rules", "identity_pattern")
 #: carve-record keys that must be equal between the recorded and the recomputed carve
 _CARVE_RECORD_KEYS = ("scheme", "seed", "val_fraction", "identity_rule")
-
-
-def _plain(obj: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return obj
 
 
 def recorded_data_config(meta: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -75,7 +66,7 @@ def resolve_data_config(files: Sequence[tuple[str, Mapping[str, Any]]], user: Ma
     ``user``: ``None``/empty → the specialists' data; a mapping with ``_target_`` → that config;
     without ``_target_`` → overrides on top of the specialists' data. ``family``: the data
     module's family for evaluation (``joint`` = validation videos of every family)."""
-    user = dict(_plain(user) or {})
+    user = dict(to_plain(user) or {})
     recorded = {str(p): recorded_data_config(m) for p, m in files}
     explicit = "_target_" in user
     if not explicit:

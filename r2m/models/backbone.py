@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from r2m.utils import to_plain  # noqa: F401 - re-exported (the models' configs and files)
+
 __all__ = [
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
@@ -60,20 +62,6 @@ class BackboneInfo:
         return d
 
 
-def to_plain(obj: Any) -> Any:
-    """OmegaConf containers / tuples → plain dicts and lists (JSON-able)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    if isinstance(obj, Mapping):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    return obj
 
 
 def _looks_like_path(pretrained: str) -> bool:
