@@ -257,12 +257,17 @@ class TaskSet:
             self._resident_base[key] = t
         return t
 
-    def task_vectors(self, key: str) -> Tensor:
-        """Stack of τ_i[key] = θ_i[key] − θ0[key], shape (N, *shape), working dtype, device."""
+    def task_vectors(self, key: str, scratch: bool = False) -> Tensor:
+        """Stack of τ_i[key] = θ_i[key] − θ0[key], shape (N, *shape), working dtype, device.
+        ``scratch``: written into a reused buffer (:meth:`scratch`, slot ``"task_vectors"``), valid
+        until the next such call — for a caller that only reads it before asking for the next key."""
         if key in self._resident_tasks:
             return self._resident_tasks[key]
         base = self.base_tensor(key)
-        taus = torch.empty((self.n, *base.shape), dtype=self.dtype, device=self.device)
+        if scratch and not self.resident:
+            taus = self.scratch("task_vectors", self.n * base.numel()).view(self.n, *base.shape)
+        else:
+            taus = torch.empty((self.n, *base.shape), dtype=self.dtype, device=self.device)
         for i in range(self.n):
             torch.sub(self._load(i, key), base, out=taus[i])
         if self.resident:
