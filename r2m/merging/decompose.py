@@ -72,7 +72,7 @@ def tensor_grams(ts: TaskSet, cache: DecompositionCache | None) -> Tensor:
     if todo:
         cols = []
         for key in ts.keys_loop(desc="gram"):
-            cols.append(pair_inner_products(ts.task_vectors(key), todo))
+            cols.append(pair_inner_products(ts.task_vectors(key, scratch=True), todo))
         per_pair = torch.stack(cols, dim=1)  # (len(todo), L)
         for idx, pair in enumerate(todo):
             values[pair] = per_pair[idx]

@@ -286,9 +286,9 @@ def top_triplets(
     smax = float(s[0]) if s.numel() else 0.0
     safe = torch.where(s_r > math.sqrt(EIG_REL_TOL) * smax, s_r, torch.full_like(s_r, math.inf)).to(dtype)
     xd = x.to(dtype)
-    if side == "right":
-        return (xd @ q_r) / safe, s_r, q_r
-    return q_r, s_r, (xd.mT @ q_r) / safe
+    if side == "right":  # (the product is fresh: divide it in place, the same rounding)
+        return (xd @ q_r).div_(safe), s_r, q_r
+    return q_r, s_r, (xd.mT @ q_r).div_(safe)
 
 
 #: Largest condition number σ_max/σ_min of a matrix whose polar factor :func:`polar_factor` forms

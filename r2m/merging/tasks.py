@@ -116,6 +116,8 @@ class TaskSet:
         self.resident = resident
         self._resident_base: dict[str, Tensor] = {}
         self._resident_tasks: dict[str, Tensor] = {}
+        self._scratch: dict[tuple[str, torch.dtype], Tensor] = {}
+        self._resident_specs: dict[tuple[int, str], Tensor] = {}
         if task_hashes is not None and (isinstance(task_hashes, str) or len(task_hashes) != self.n):
             raise ValueError(f"task_hashes must list one hash per specialist ({self.n})")
         self._base_hash = base_hash
@@ -200,17 +202,49 @@ class TaskSet:
 
         return iter(tqdm(keys, desc=desc, leave=False))
 
-    def _load(self, i: int, key: str) -> Tensor:
+    def _load(self, i: int, key: str, check: bool = True) -> Tensor:
         src = self.base if i < 0 else self.specialists[i]
         t = src[key]
         if not isinstance(t, Tensor):
             raise ValueError(f"{self.label(i)}: value of {key!r} is a {type(t).__name__}, not a tensor")
         t = t.to(device=self.device, dtype=self.dtype)
-        if (i, key) not in self._checked:
+        if check and (i, key) not in self._checked:
             # a sum is finite only if every entry is (NaN/Inf propagate); exact check if it is not
             if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{self.label(i)}: tensor {key!r} contains NaN or Inf")
             self._checked.add((i, key))
+        return t
+
+    def _recheck(self, key: str) -> None:
+        """Check every input's ``key`` for NaN/Inf (base first, then the specialists in order, as
+        :meth:`task_vectors` loads them): raises naming the first offender, else marks them checked."""
+        for i in range(-1, self.n):
+            self._load(i, key)
+
+    def scratch(self, slot: str, numel: int, dtype: torch.dtype | None = None) -> Tensor:
+        """A 1-D work buffer of ``numel`` entries on the device, reused across calls with the same
+        ``slot`` (grown when too small; contents undefined). Saves the page faults of a fresh
+        allocation per tensor; a caller must not hold two views of one slot at once."""
+        dtype = self.dtype if dtype is None else dtype
+        buf = self._scratch.get((slot, dtype))
+        if buf is None or buf.numel() < numel:
+            self._scratch.pop((slot, dtype), None)
+            buf = torch.empty(numel, dtype=dtype, device=self.device)
+            self._scratch[(slot, dtype)] = buf
+        return buf[:numel]
+
+    def release_scratch(self) -> None:
+        """Drop the :meth:`scratch` buffers."""
+        self._scratch.clear()
+
+    def specialist_tensor(self, i: int, key: str) -> Tensor:
+        """θ_i[key] on the device in the working dtype (checked for NaN/Inf). May share memory with
+        the input: never modify it in place. Kept on the device when ``resident``."""
+        t = self._resident_specs.get((i, key))
+        if t is None:
+            t = self._load(i, key)
+            if self.resident:
+                self._resident_specs[(i, key)] = t
         return t
 
     def base_tensor(self, key: str) -> Tensor:
@@ -223,17 +257,57 @@ class TaskSet:
             self._resident_base[key] = t
         return t
 
-    def task_vectors(self, key: str) -> Tensor:
-        """Stack of τ_i[key] = θ_i[key] − θ0[key], shape (N, *shape), working dtype, device."""
+    def task_vectors(self, key: str, scratch: bool = False) -> Tensor:
+        """Stack of τ_i[key] = θ_i[key] − θ0[key], shape (N, *shape), working dtype, device.
+        ``scratch``: written into a reused buffer (:meth:`scratch`, slot ``"task_vectors"``), valid
+        until the next such call — for a caller that only reads it before asking for the next key."""
         if key in self._resident_tasks:
             return self._resident_tasks[key]
         base = self.base_tensor(key)
-        taus = torch.empty((self.n, *base.shape), dtype=self.dtype, device=self.device)
+        if scratch and not self.resident:
+            taus = self.scratch("task_vectors", self.n * base.numel()).view(self.n, *base.shape)
+        else:
+            taus = torch.empty((self.n, *base.shape), dtype=self.dtype, device=self.device)
         for i in range(self.n):
             torch.sub(self._load(i, key), base, out=taus[i])
         if self.resident:
             self._resident_tasks[key] = taus
         return taus
+
+    def task_vector_sum(self, key: str) -> Tensor:
+        """Σ_i τ_i[key] as a fresh tensor the caller owns (working dtype, device): summed in the order
+        i = 0, 1, …, N − 1, so bit-identical to ``task_vectors(key).sum(0)`` on CPU, without the
+        N-stack (one reused scratch buffer for the τ_i after the first).
+
+        The NaN/Inf check of the N + 1 inputs is fused into one check of the sum: a non-finite
+        entry in any input makes that entry of the sum non-finite (NaN and ±Inf propagate,
+        Inf − Inf is NaN), so a finite sum proves every input finite. Only when the sum is not
+        finite are the inputs re-scanned one by one, raising ``ValueError`` naming the first
+        offending checkpoint and the tensor, exactly as the per-input check does (a sum that
+        overflowed from finite inputs is returned as is, as before)."""
+        if self.resident or key in self._resident_tasks:
+            return self.task_vectors(key).sum(0)
+        checked = all((i, key) in self._checked for i in range(-1, self.n))
+        base = self._load(-1, key, check=False)
+        acc = torch.empty(base.shape, dtype=self.dtype, device=self.device)
+        torch.sub(self._load(0, key, check=False), base, out=acc)
+        if self.n > 1:
+            tmp = self.scratch("task_vector_sum", acc.numel()).view(acc.shape)
+            for i in range(1, self.n):
+                torch.sub(self._load(i, key, check=False), base, out=tmp)
+                acc.add_(tmp)
+        if not checked:
+            if bool(torch.isfinite(acc.sum())) or bool(torch.isfinite(acc).all()):
+                self._checked.update((i, key) for i in range(-1, self.n))
+            else:
+                self._recheck(key)
+        return acc
+
+    def task_vector_into(self, i: int, key: str, out: Tensor) -> Tensor:
+        """τ_i[key], flattened, written into ``out`` (``numel(key)`` entries); returns ``out``."""
+        if key in self._resident_tasks:
+            return out.copy_(self._resident_tasks[key][i].reshape(-1))
+        return torch.sub(self.specialist_tensor(i, key).reshape(-1), self.base_tensor(key).reshape(-1), out=out)
 
     def task_vector(self, i: int, key: str) -> Tensor:
         """τ_i[key] alone (for methods that process one task at a time)."""
@@ -245,10 +319,19 @@ class TaskSet:
         """θ_i[key] as stored (CPU, original dtype), e.g. for per-tensor content hashes."""
         return self.specialists[i][key]
 
-    def output(self, key: str, delta: Tensor) -> Tensor:
-        """θ*[key] = θ0[key] + delta as a CPU tensor in the base dtype."""
-        out = self.base_tensor(key) + delta
-        return out.to(dtype=self.dtypes[key]).cpu().contiguous()
+    def output(self, key: str, delta: Tensor, owned: bool = False) -> Tensor:
+        """θ*[key] = θ0[key] + delta as a CPU tensor in the base dtype. ``owned``: ``delta`` is a
+        fresh working-dtype tensor of the caller's, overwritten with the sum (no new allocation;
+        the same value, addition commutes)."""
+        if owned and delta.dtype == self.dtype and delta.shape == self.shapes[key]:
+            out = delta.add_(self.base_tensor(key))
+        else:
+            out = self.base_tensor(key) + delta
+        return self.finish(key, out)
+
+    def finish(self, key: str, merged: Tensor) -> Tensor:
+        """θ*[key] given in the working dtype on the device, as a CPU tensor in the base dtype."""
+        return merged.reshape(self.shapes[key]).to(dtype=self.dtypes[key]).cpu().contiguous()
 
     # ------------------------------------------------------------------ identities
     def base_hash(self) -> str:

@@ -37,22 +37,27 @@ def cart_merge(
     sig = set_signature(ts, "cart-centred") if cache is not None else ""
     out: dict[str, Tensor] = {}
     for key in ts.keys_loop(desc="cart"):
+        if not ts.is_block(key):  # θ0 + mean τ, summed in place (bit-identical to the stacked mean)
+            out[key] = ts.output(key, ts.task_vector_sum(key).div_(ts.n), owned=True)
+            continue
         taus = ts.task_vectors(key)
         mean = taus.mean(0)
         delta = mean
-        if ts.is_block(key):
-            m, n = ts.shapes[key]
-            rank = rank_for_ratio(rank_ratio, m, n)
-            if rank < min(m, n):
-                centred = taus - mean
-                entries = (
-                    [f"cart|{sig}|{h}|{key}" for h in ts.task_hashes()] if cache is not None else None
-                )
-                _, qs, side = spectra(ts, cache, centred, entries, rank)
-                lr = low_rank(centred, torch.stack(qs), rank, side)
-                delta = mean + lam * lr.sum(0)
-            # rank = min(m, n): Σ_i δ_i = 0, θ* stays at the average
-        out[key] = ts.output(key, delta)
+        m, n = ts.shapes[key]
+        rank = rank_for_ratio(rank_ratio, m, n)
+        if rank < min(m, n):
+            # centre in place unless the stack is the resident copy (the same values either way)
+            centred = taus - mean if key in ts._resident_tasks else taus.sub_(mean)
+            del taus
+            entries = [f"cart|{sig}|{h}|{key}" for h in ts.task_hashes()] if cache is not None else None
+            _, qs, side = spectra(ts, cache, centred, entries, rank)
+            lr = low_rank(centred, torch.stack(qs), rank, side)
+            del centred, qs
+            delta = lr.sum(0).mul_(lam).add_(mean)  # mean + λ Σ_i LR(δ_i)
+            del lr
+        # rank = min(m, n): Σ_i δ_i = 0, θ* stays at the average
+        out[key] = ts.output(key, delta, owned=True)
+    ts.release_scratch()
     return out
 
 

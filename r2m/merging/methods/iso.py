@@ -43,48 +43,73 @@ def iso_cts_ranks(k_dim: int, n_tasks: int, common_fraction: float) -> tuple[int
     return c, d
 
 
+def _sum64(ts: TaskSet, key: str) -> Tensor:
+    """Σ_i τ_i[key] in float64, summed in order (the same bits as ``stack(τ).to(float64).sum(0)``)
+    with one τ_i alive at a time instead of the float32 and float64 N-stacks."""
+    ts.base_tensor(key)  # the base first, as task_vectors() checks it
+    total = ts.task_vector(0, key).to(torch.float64)
+    for i in range(1, ts.n):
+        total.add_(ts.task_vector(i, key))
+    return total
+
+
+def _mean_output(ts: TaskSet, key: str, alpha: float) -> Tensor:
+    """θ0 + α · mean_i τ_i for a non-matrix tensor (in place; bit-identical to the stacked mean)."""
+    return ts.output(key, ts.task_vector_sum(key).div_(ts.n).mul_(alpha), owned=True)
+
+
 def iso_c_merge(ts: TaskSet, *, alpha: float) -> dict[str, Tensor]:
     """Iso-C (module docstring); returns θ*."""
     out: dict[str, Tensor] = {}
     for key in ts.keys_loop(desc="iso_c"):
-        taus = ts.task_vectors(key)
         if not ts.is_matrix(key):
-            out[key] = ts.output(key, alpha * taus.mean(0))
+            out[key] = _mean_output(ts, key, alpha)
             continue
-        total = taus.to(torch.float64).sum(0)
+        total = _sum64(ts, key)
         s, q, _ = gram_eigh(total)
-        delta = s.mean() * polar_factor(total, s, q)
-        out[key] = ts.output(key, alpha * delta.to(ts.dtype))
+        delta = polar_factor(total, s, q)
+        del total
+        delta = delta.mul_(s.mean()).to(ts.dtype)  # σ̄ · polar(M), in place
+        out[key] = ts.output(key, delta.mul_(alpha), owned=True)
+    ts.release_scratch()
     return out
 
 
 def iso_cts_merge(ts: TaskSet, *, common_fraction: float, alpha: float) -> dict[str, Tensor]:
-    """Iso-CTS (module docstring); returns θ*."""
+    """Iso-CTS (module docstring); returns θ*. Per matrix, one float64 τ_i at a time (recomputed
+    from the inputs for the residual pass) instead of float32 and float64 N-stacks."""
     out: dict[str, Tensor] = {}
     for key in ts.keys_loop(desc="iso_cts"):
-        taus = ts.task_vectors(key)
         if not ts.is_matrix(key):
-            out[key] = ts.output(key, alpha * taus.mean(0))
+            out[key] = _mean_output(ts, key, alpha)
             continue
         c, d = iso_cts_ranks(min(ts.shapes[key]), ts.n, common_fraction)
-        taus64 = taus.to(torch.float64)
-        total = taus64.sum(0)
+        total = _sum64(ts, key)
         s, q, side = gram_eigh(total, c)
         u_c, s_c, v_c = top_triplets(total, s, q, c, side)
+        del total, s, q
         us, ss, vs = [u_c], [s_c], [v_c]
         if d > 0:
             for i in range(ts.n):
-                resid = taus64[i] - u_c @ (u_c.mT @ taus64[i])
+                resid = ts.task_vector(i, key).to(torch.float64)
+                resid.sub_(u_c @ (u_c.mT @ resid))  # R_i = τ_i − U_c U_cᵀ τ_i
                 s_i, q_i, side_i = gram_eigh(resid, d)
                 u_i, sv_i, v_i = top_triplets(resid, s_i, q_i, d, side_i)
+                del resid
                 us.append(u_i)
                 ss.append(sv_i)
                 vs.append(v_i)
         u_all, s_all, v_all = torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 1)
+        del us, ss, vs, u_c, v_c
         # stacks of orthonormal singular vectors: the working dtype unless ill-conditioned (linalg.POLAR_FP32_MAX_COND)
-        u_orth, v_orth = polar_factor(u_all, dtype=ts.dtype), polar_factor(v_all, dtype=ts.dtype)
-        delta = s_all.mean().to(ts.dtype) * (u_orth @ v_orth.mT)
-        out[key] = ts.output(key, alpha * delta)
+        u_orth = polar_factor(u_all, dtype=ts.dtype)
+        del u_all
+        v_orth = polar_factor(v_all, dtype=ts.dtype)
+        del v_all
+        delta = (u_orth @ v_orth.mT).mul_(s_all.mean().to(ts.dtype))  # σ̄ · polar(U) polar(V)ᵀ
+        del u_orth, v_orth
+        out[key] = ts.output(key, delta.mul_(alpha), owned=True)
+    ts.release_scratch()
     return out
 
 

@@ -224,7 +224,7 @@ def _prepare(
             r_gram = hit["R"].to(dev)
         else:
             for key in ts.keys_loop(truncated, desc="r2m residuals"):
-                rho = _combine(res_m, ts.task_vectors(key))
+                rho = _combine(res_m, ts.task_vectors(key, scratch=True))
                 q, side = residual_factors(key, rho)
                 r_gram = r_gram + low_rank_gram(rho, q, ranks[key], side)
             if cache is not None:
@@ -325,11 +325,12 @@ def _output(
     if key in prep.truncated and eta_value != 0.0:
         if res_sum is None:
             res_sum = _residual_sum(prep, key, taus)
-        delta = _combine(sub.core, taus) + eta_value * res_sum
+        delta = _combine(sub.core, taus)  # τ_core + η S, in place (the same two roundings)
+        delta.add_(torch.mul(res_sum, eta_value, out=ts.scratch("r2m.eta", res_sum.numel()).view(res_sum.shape)))
     else:
         flat_coeffs = sub.core + eta_value * (sub.residual.mT @ prep.weights) if eta_value != 0.0 else sub.core
         delta = _combine(flat_coeffs, taus)
-    return ts.output(key, delta)
+    return ts.output(key, delta, owned=True)
 
 
 def r2m_merge(
@@ -350,8 +351,10 @@ def r2m_merge(
                     norm_match=norm_match, block_weighting=block_weighting)
     eta_value = _eta_value(prep, alpha, eta)
     # ---- pass 3: θ* = θ0 + τ_core + η Σ_i w_i ρ_i (ρ_i truncated on block matrices)
-    return {key: _output(ts, prep, eta_value, key, ts.task_vectors(key), None)
-            for key in ts.keys_loop(desc="r2m output")}
+    out = {key: _output(ts, prep, eta_value, key, ts.task_vectors(key, scratch=True), None)
+           for key in ts.keys_loop(desc="r2m output")}
+    ts.release_scratch()
+    return out
 
 
 def r2m_sweep(
@@ -369,10 +372,12 @@ def r2m_sweep(
     sums: dict[str, Tensor] = {}
     if any(e != 0.0 for e in etas):
         for key in ts.keys_loop(prep.truncated, desc="r2m residual sums"):
-            sums[key] = _residual_sum(prep, key, ts.task_vectors(key))
+            sums[key] = _residual_sum(prep, key, ts.task_vectors(key, scratch=True))
     for eta_value in etas:
-        yield {key: _output(ts, prep, eta_value, key, ts.task_vectors(key), sums.get(key))
+        out = {key: _output(ts, prep, eta_value, key, ts.task_vectors(key, scratch=True), sums.get(key))
                for key in ts.keys_loop(desc="r2m output")}
+        ts.release_scratch()
+        yield out
 
 
 def _check(hp: dict) -> None:

@@ -17,10 +17,14 @@ DEFAULTS = {"lam": 0.3}  # λ, FusionBench/AdaMerging default for CLIP ViT
 
 
 def task_arithmetic_merge(ts: TaskSet, *, lam: float) -> dict[str, Tensor]:
-    """θ*[l] = θ0[l] + λ Σ_i τ_i[l]."""
-    return {
-        key: ts.output(key, lam * ts.task_vectors(key).sum(0)) for key in ts.keys_loop(desc="task_arithmetic")
-    }
+    """θ*[l] = θ0[l] + λ Σ_i τ_i[l] (streamed in place like :func:`~r2m.merging.methods.average.average_merge`;
+    bit-identical to ``θ0 + λ · stack(τ).sum(0)`` on CPU)."""
+    out: dict[str, Tensor] = {}
+    for key in ts.keys_loop(desc="task_arithmetic"):
+        delta = ts.task_vector_sum(key).mul_(lam)
+        out[key] = ts.output(key, delta, owned=True)
+    ts.release_scratch()
+    return out
 
 
 def _check(hp: dict) -> None:

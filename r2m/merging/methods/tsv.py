@@ -44,20 +44,25 @@ def tsv_merge(ts: TaskSet, cache: DecompositionCache | None, *, alpha: float) ->
         ordered = set_signature(ts, "tsv-polar", ordered=True)
     out: dict[str, Tensor] = {}
     for key in ts.keys_loop(desc="tsv"):
-        taus = ts.task_vectors(key)
-        if not ts.is_matrix(key):
-            out[key] = ts.output(key, alpha * taus.mean(0))
+        if not ts.is_matrix(key):  # θ0 + α mean τ, summed in place (bit-identical to the stacked mean)
+            out[key] = ts.output(key, ts.task_vector_sum(key).div_(n).mul_(alpha), owned=True)
             continue
+        taus = ts.task_vectors(key)
         m, k_dim = ts.shapes[key][0], min(ts.shapes[key])
         rank = max(1, k_dim // n)
         entries = [f"tsv|{base}|{layout}|{h}|{key}|{ts.dtype}" for h in hashes] if cache is not None else None
         s_list, q_list, side = spectra(ts, cache, taus, entries, rank)
         us, ss, vs = zip(*(top_triplets(taus[i], s_list[i], q_list[i], rank, side, ts.dtype) for i in range(n)))
+        del taus, s_list, q_list
         u_stack, s_stack, v_stack = torch.cat(us, 1), torch.cat(ss).to(ts.dtype), torch.cat(vs, 1)
+        del us, ss, vs
         u_orth = _cached_polar(ts, cache, u_stack, f"tsv-polar-u|{ordered}|{key}" if cache is not None else None)
         v_orth = _cached_polar(ts, cache, v_stack, f"tsv-polar-v|{ordered}|{key}" if cache is not None else None)
+        del u_stack, v_stack
         delta = (u_orth * s_stack) @ v_orth.mT
-        out[key] = ts.output(key, alpha * delta)
+        del u_orth, v_orth
+        out[key] = ts.output(key, delta.mul_(alpha), owned=True)
+    ts.release_scratch()
     return out
 
 
