@@ -337,8 +337,9 @@ def _diagnose(out_dir: Path, pool: Any, job: MergeJob, device: Any) -> list[Path
     diag = compute_diagnostics(pool.base(), pool.backbones(), pool.names, center=hp.get("center", False),
                                residual=hp.get("residual", "orthogonal"), k=hp.get("k", 1),
                                rank_ratio=hp.get("rank_ratio", 0.1), device=device)
-    log.info("%s diagnostics: top singular value share of the task matrix σ₁²/Σσ² = %.3f (1/N = %.3f: "
-             "no shared component)", job.name, diag["top_singular_share"], 1.0 / len(pool.names))
+    log.info("%s diagnostics: top singular value share of the task matrix σ₁²/Σσ² = %.3f (%.3f = 1/N would "
+             "mean no shared component, 1 parallel task vectors)", job.name, diag["top_singular_share"],
+             1.0 / len(pool.names))
     return list(plot_diagnostics(diag, out_dir / "diagnostics" / _safe_name(job.name)))
 
 
