@@ -45,7 +45,7 @@ The backbone's first linear head is thrown away; only the visual tower becomes Î
 Measured on the benchmark (tiny64 ViT, 1 600 real crops of the photographs' training band, batch
 32, 2-core CPU; 2026-12-02):
 
-* ``denoise``, 12 epochs (600 steps, lr 2e-3, ~1 min): held-out L1 **0.49** of the no-learning
+* ``denoise``, 12 epochs (600 steps, lr 2e-3, ~2 min): held-out L1 **0.49** of the no-learning
   baseline (the test band's real crops; 0.66 with a default-initialised head, 1.00 after 3 epochs
   in an earlier run). Linear probes (:mod:`r2m.probe`; frozen pooled features, fitted on one band,
   scored on the other) against the random initialisation of the same seed: sensor-noise level
